@@ -1,0 +1,162 @@
+"""Stage 0: raw recordings -> waveform cache, annotation table, classes and folds.
+
+Reads  INPUT_DIR in the RFCx layout (train/*.flac, test/*.flac, train_tp.csv, train_fp.csv,
+       sample_submission.csv). Kaggle's /kaggle/input/rfcx-species-audio-detection is used
+       when present, else data/demo, which is generated on first use (no download).
+Writes WORK_DIR/preprocess/<tag>/: waves/<recording_id>.npy (float16 at `sample_rate`),
+       recordings.csv, annotations.csv, folds.csv, classes.json, report.json, manifest.json.
+
+Examples:
+    python 01_preprocess.py                                   # demo data, recipe settings
+    python 01_preprocess.py --cfg_file=profiles/demo.json     # the CPU demo profile
+    python 01_preprocess.py --input_dir=/data/rfcx --sample_rate=32000 --workers=8
+"""
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from common import audio, data, paths, runs
+from common.cli import ConfigError, cfg_dict, parse_cfg
+
+
+@dataclass
+class CFG:
+    input_dir: str = field(default_factory=paths.default_input_dir)  # competition folder
+    work_dir: str = field(default_factory=paths.default_work_dir)    # everything is written here
+    tag: str = ""              # run name; default: a timestamp
+    sample_rate: int = 48000   # Hz of the cache (the recipe trains at 48 kHz)
+    n_folds: int = 5           # folds over TP recordings
+    seed: int = 42             # fold split seed
+    workers: int = 0           # decoding processes; 0 = all cores
+    demo_seed: int = 0         # demo dataset, generated when input_dir is data/demo and empty
+    demo_n_train: int = 300    # demo train recordings
+    demo_n_test: int = 100     # demo test recordings
+    demo_duration: float = 30.0  # demo recording length, s
+
+
+def ensure_demo(cfg: CFG) -> None:
+    """Generate the embedded demo dataset if input_dir is the demo folder and it is empty."""
+    if not paths.is_demo_input(cfg.input_dir) or (Path(cfg.input_dir) / "train_tp.csv").exists():
+        return
+    from common.demo import DemoSpec, write_rfcx_demo
+    spec = DemoSpec(seed=cfg.demo_seed, n_train=cfg.demo_n_train, n_test=cfg.demo_n_test,
+                    duration=cfg.demo_duration)
+    print(f"writing the demo dataset to {cfg.input_dir} ({spec})", flush=True)
+    write_rfcx_demo(cfg.input_dir, spec, workers=cfg.workers or os.cpu_count())
+
+
+def list_audio(input_dir: Path) -> list[tuple[str, str, str]]:
+    """(recording_id, split, path) of every audio file under train/ and test/."""
+    found = []
+    for split in ("train", "test"):
+        folder = input_dir / split
+        if not folder.is_dir():
+            raise ConfigError(f"{folder} is missing: input_dir must hold train/ and test/ "
+                              "(the RFCx layout)")
+        for path in sorted(folder.iterdir()):
+            if path.suffix.lower() in audio.AUDIO_EXTENSIONS:
+                found.append((path.stem, split, str(path)))
+    return found
+
+
+def cache_one(job: tuple) -> dict:
+    """Decode, resample and cache one file; never raises (a failure becomes a report entry)."""
+    rid, split, path, cache_dir, sr = job
+    rec = {"recording_id": rid, "split": split, "path": path}
+    try:
+        wave, info = audio.load_audio(path, sr)
+    except audio.AudioError as err:
+        return {**rec, "ok": False, "reason": str(err)}
+    audio.save_cached(cache_dir, rid, wave)
+    return {**rec, "ok": True, "source_sr": info["sample_rate"], "channels": info["channels"],
+            "duration": len(wave) / sr, "n_samples": len(wave), "warnings": info["warnings"]}
+
+
+def decode_all(files: list, cache_dir: Path, cfg: CFG) -> list[dict]:
+    jobs = [(rid, split, path, cache_dir, cfg.sample_rate) for rid, split, path in files]
+    workers = cfg.workers or os.cpu_count() or 1
+    if workers == 1:
+        return [cache_one(j) for j in tqdm(jobs, desc="decode")]
+    with ProcessPoolExecutor(workers) as pool:
+        return list(tqdm(pool.map(cache_one, jobs, chunksize=4), total=len(jobs), desc="decode"))
+
+
+def clean_annotations(ann: pd.DataFrame, ok: pd.DataFrame, classes: list[str], report: dict) -> pd.DataFrame:
+    """Drop rows whose recording is missing or unreadable, or whose class is unknown; count them."""
+    known = set(ok.loc[ok["split"] == "train", "recording_id"])
+    missing = ~ann["recording_id"].isin(known)
+    bad_class = ~ann["class"].isin(classes)
+    report["annotations_dropped"] = {
+        "recording_missing_or_unreadable": int(missing.sum()),
+        "class_not_in_submission": int((bad_class & ~missing).sum()),
+    }
+    return ann[~missing & ~bad_class].reset_index(drop=True)
+
+
+def build_report(results: list[dict], seconds: float) -> dict:
+    ok = [r for r in results if r["ok"]]
+    durations = np.array([r["duration"] for r in ok]) if ok else np.zeros(1)
+    return {
+        "files": len(results), "cached": len(ok), "failed": len(results) - len(ok),
+        "seconds": round(seconds, 1),
+        "duration_s": {"min": float(durations.min()), "median": float(np.median(durations)),
+                       "max": float(durations.max()), "total": float(durations.sum())},
+        "source_sample_rates": pd.Series([r["source_sr"] for r in ok]).value_counts().to_dict(),
+        "channels": pd.Series([r["channels"] for r in ok]).value_counts().to_dict(),
+        "unreadable": [{"file": r["path"], "reason": r["reason"]} for r in results if not r["ok"]],
+        "warnings": [{"file": r["path"], "warning": w} for r in ok for w in r["warnings"]],
+    }
+
+
+def main(cfg: CFG) -> Path:
+    tic = time.time()
+    ensure_demo(cfg)
+    input_dir = Path(cfg.input_dir)
+    ann = data.rfcx_annotations(input_dir)          # fails early on a bad CSV
+    classes = data.rfcx_classes(input_dir, ann)
+    files = list_audio(input_dir)
+    run_dir = runs.start_run(cfg.work_dir, "preprocess", cfg.tag)
+    runs.write_manifest(run_dir, "preprocess", cfg_dict(cfg), {"input_dir": str(input_dir)},
+                        [], {}, finished=False)
+    results = decode_all(files, run_dir / "waves", cfg)
+    report = build_report(results, time.time() - tic)
+    for bad in report["unreadable"]:
+        print(f"WARNING: skipped {bad['file']}: {bad['reason']}", flush=True)
+    ok = pd.DataFrame([r for r in results if r["ok"]])
+    ann = clean_annotations(ann, ok, classes, report)
+    lost = pd.DataFrame([r for r in results if not r["ok"]])
+    if len(lost):
+        report["annotations_lost_with_unreadable_files"] = int(
+            data.rfcx_annotations(input_dir)["recording_id"].isin(lost["recording_id"]).sum())
+    folds = data.make_folds(ann, classes, cfg.n_folds, cfg.seed)
+    runs.save_csv(run_dir / "recordings.csv",
+                  ok[["recording_id", "split", "duration", "n_samples", "source_sr", "channels"]])
+    runs.save_csv(run_dir / "annotations.csv", ann)
+    runs.save_csv(run_dir / "folds.csv", folds)
+    runs.save_json(run_dir / "classes.json", {"classes": classes, "sample_rate": cfg.sample_rate})
+    report["seconds"] = round(time.time() - tic, 1)
+    runs.save_json(run_dir / "report.json", report)
+    outputs = ["waves/", "recordings.csv", "annotations.csv", "folds.csv", "classes.json", "report.json"]
+    metrics = {k: report[k] for k in ("files", "cached", "failed", "seconds")}
+    runs.write_manifest(run_dir, "preprocess", cfg_dict(cfg), {"input_dir": str(input_dir)},
+                        outputs, metrics, finished=True)
+    runs.update_summary(cfg.work_dir, "preprocess", {**metrics, "tag": run_dir.name})
+    print(f"preprocess: {report['cached']}/{report['files']} files cached "
+          f"({report['duration_s']['total'] / 3600:.2f} h of audio), {report['failed']} skipped, "
+          f"{len(ann)} annotation rows, {report['seconds']:.0f}s -> {run_dir}", flush=True)
+    return run_dir
+
+
+if __name__ == "__main__":
+    try:
+        main(parse_cfg(CFG, "preprocess"))
+    except ConfigError as err:
+        raise SystemExit(f"error: {err}")

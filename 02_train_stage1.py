@@ -1,0 +1,128 @@
+"""Stage 1: SED pre-training on TP annotations (LSEP or BCE), one model per fold.
+
+Reads  WORK_DIR/preprocess/<tag>/ (the latest finished run unless --preprocess=<tag>).
+Writes WORK_DIR/stage1/<tag>/: fold{k}.pth (self-describing checkpoints), oof.csv
+       (recording x species logits of the best epoch), test_pred.csv, history.csv,
+       curves.png, metrics.json, manifest.json; a row of WORK_DIR/experiments.csv/.md;
+       stage1.* figures in WORK_DIR/summary.json.
+
+Examples:
+    python 02_train_stage1.py                                  # recipe: b2, 10 s, 128 mels, 30 ep
+    python 02_train_stage1.py --cfg_file=profiles/demo.json    # the CPU demo profile
+    python 02_train_stage1.py --folds=0 --epochs=2 --backbone=resnet18 --loss=bce   # quick
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from common import paths, runs, stage
+from common.cli import ConfigError, cfg_dict, parse_cfg
+from common.data import CropDataset, split_fold
+from common.infer import resolve_device
+from common.losses import get_loss
+from common.prepared import load_prepared
+from common.sed import build_model
+
+
+@dataclass
+class CFG:
+    input_dir: str = field(default_factory=paths.default_input_dir)  # for test_truth.csv (demo)
+    work_dir: str = field(default_factory=paths.default_work_dir)
+    preprocess: str = "latest"     # preprocessing run tag
+    tag: str = ""                  # this run's tag; default: a timestamp
+    memo: str = ""                 # free text for the experiments table
+    # model
+    backbone: str = "tf_efficientnet_b2"  # any timm name
+    in_chans: int = 3              # 1, or 3 (the mel image repeated, as ImageNet weights expect)
+    pretrained_path: str = ""      # local backbone weights (nothing is downloaded)
+    dropout: float = 0.5           # before and after the per-frame Linear
+    # front end
+    crop_seconds: float = 10.0     # training crop and inference window, s
+    n_fft: int = 2048
+    hop_length: int = 512          # samples; frames = crop * sr / hop + 1
+    n_mels: int = 128
+    fmin: float = 80.0             # Hz
+    fmax: float = 15000.0          # Hz
+    image_size: str = "224x400"    # resize the mel image to MELSxFRAMES; "" = no resize
+    # training
+    loss: str = "lsep"             # lsep | bce
+    epochs: int = 30
+    batch_size: int = 20
+    lr: float = 1e-3               # Adam
+    t_max: int = 10                # CosineAnnealingLR period, epochs
+    crops_per_row: int = 1         # crops drawn per TP row per epoch
+    min_overlap: float = 0.5       # s of an event inside a crop for it to label the crop
+    folds: list[int] = field(default_factory=list)  # [] = every fold; e.g. --folds=0,2
+    val_stride_seconds: float = 0.0  # sliding-window stride for whole recordings; 0 = crop
+    infer_batch: int = 64
+    num_workers: int = 0           # DataLoader processes (the cache is memory-mapped)
+    device: str = "auto"           # auto | cpu | cuda | cuda:1
+    amp: str = "none"              # none | bf16 | fp16 mixed precision
+    seed: int = 42
+
+
+def stage1_targets(labels: torch.Tensor) -> torch.Tensor:
+    """Stage 1 learns from TP only: +1 -> 1, everything else (FP, unknown) -> 0."""
+    return (labels > 0).float()
+
+
+def make_fold(cfg: CFG, prep, fold: int, mcfg: dict, device):
+    train_ids, _ = split_fold(prep.folds, fold)
+    ann = prep.annotations
+    rows = ann[(ann["label"] > 0) & ann["recording_id"].isin(train_ids)]
+    rows = rows.loc[rows.index.repeat(cfg.crops_per_row)]
+    dataset = CropDataset(rows, ann[ann["label"] > 0], prep.cache, prep.classes, prep.sample_rate,
+                          cfg.crop_seconds, prep.durations, seed=cfg.seed + fold,
+                          min_overlap=cfg.min_overlap)
+    loss_fn = get_loss(cfg.loss)
+
+    def make_loader(epoch):
+        dataset.set_epoch(epoch)
+        gen = torch.Generator().manual_seed(cfg.seed * 1000 + fold * 100 + epoch)
+        return torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True,
+                                           generator=gen, num_workers=cfg.num_workers,
+                                           pin_memory=device.type == "cuda", drop_last=False)
+
+    def step(model, batch):
+        wave, labels = batch
+        return loss_fn(model(wave)["clip_logit"].float(), stage1_targets(labels))
+
+    stage.seed_everything(cfg.seed + fold)
+    model = build_model(mcfg, cfg.pretrained_path).to(device)
+    return model, make_loader, step, len(rows)
+
+
+def main(cfg: CFG) -> dict:
+    tic = time.time()
+    device = resolve_device(cfg.device)
+    prep = load_prepared(cfg.work_dir, cfg.preprocess)
+    mcfg = stage.model_cfg(cfg, prep.classes, prep.sample_rate)
+    get_loss(cfg.loss)
+    folds = stage.fold_list(cfg.folds, int(prep.folds["fold"].max()) + 1)
+    run_dir = runs.start_run(cfg.work_dir, "stage1", cfg.tag)
+    inputs = {"preprocess": prep.run_dir.name}
+    runs.write_manifest(run_dir, "stage1", cfg_dict(cfg), inputs, [], {}, finished=False)
+    print(f"stage1 {run_dir.name}: {mcfg['backbone']} {stage.resolution(mcfg)} on {device}, "
+          f"folds {folds}", flush=True)
+    results = []
+    for fold in folds:
+        model, make_loader, step, n_rows = make_fold(cfg, prep, fold, mcfg, device)
+        print(f"fold {fold}: {n_rows} training crops per epoch", flush=True)
+        results.append(stage.run_fold(cfg, prep, fold, model, make_loader, step, run_dir, device))
+    out = stage.finish_run(cfg, prep, "stage1", run_dir, results, mcfg, inputs, device, tic, cfg.loss)
+    line = f"stage1 CV LWLRAP {out['cv_lwlrap']:.4f}  CV F1@0.5 {out['cv_f1']:.4f}"
+    if "test_lwlrap" in out:
+        line += (f"  | demo test LWLRAP {out['test_lwlrap']:.4f} (prevalence baseline "
+                 f"{out['test_prevalence_baseline']:.4f})")
+    print(f"{line}  [{out['seconds']:.0f}s] -> {run_dir}", flush=True)
+    return out
+
+
+if __name__ == "__main__":
+    try:
+        main(parse_cfg(CFG, "stage1"))
+    except ConfigError as err:
+        raise SystemExit(f"error: {err}")

@@ -1,0 +1,31 @@
+# Two commands: `make demo` (the whole pipeline on the embedded demo data) and `make test`.
+# Both install what they need into .venv first.
+PY ?= python3
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+INPUT_DIR ?= data/demo
+WORK_DIR ?= work
+PROFILE ?= profiles/demo.json
+ARGS := --cfg_file=$(PROFILE) --input_dir=$(INPUT_DIR) --work_dir=$(WORK_DIR)
+
+.PHONY: install demo test clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PYTHON) || $(PY) -m venv $(VENV)
+	$(PYTHON) -m pip install -q -r requirements.txt
+	$(PYTHON) -c "import timm, torch, torchvision, librosa, soundfile; print('torch', torch.__version__, 'timm', timm.__version__)"
+	touch $@
+
+demo: install
+	@start=$$(date +%s); \
+	$(PYTHON) 01_preprocess.py $(ARGS) && \
+	$(PYTHON) 02_train_stage1.py $(ARGS) && \
+	$(PYTHON) -m common.report --work_dir=$(WORK_DIR) --seconds=$$(( $$(date +%s) - start ))
+
+test: install
+	$(PYTHON) -m pytest -q tests
+
+clean:
+	rm -rf $(WORK_DIR)

@@ -1,0 +1,159 @@
+"""Annotation table, folds, training crops and their labels.
+
+The annotation table is the kit's one internal contract:
+    recording_id, class, t_min, t_max, f_min, f_max, label
+with label +1 (the class calls in the box) or -1 (it does not). Unannotated = unknown (0).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from common.cli import ConfigError
+
+ANNOTATION_COLUMNS = ["recording_id", "class", "t_min", "t_max", "f_min", "f_max", "label"]
+RFCX_COLUMNS = ["recording_id", "species_id", "songtype_id", "t_min", "f_min", "t_max", "f_max"]
+
+
+def read_table(path, required: list[str]) -> pd.DataFrame:
+    """Read a CSV and stop with a message naming the file and any missing column."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path} does not exist; is input_dir the competition folder?")
+    try:
+        frame = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise ConfigError(f"{path} is empty; expected columns {required}") from None
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise ConfigError(f"{path}: missing column(s) {missing}; found {list(frame.columns)}. "
+                          f"Rename the header to {required}.")
+    return frame
+
+
+def rfcx_annotations(input_dir) -> pd.DataFrame:
+    """train_tp.csv (+1) and train_fp.csv (-1) as rows of the annotation table."""
+    parts = []
+    for name, label in (("train_tp.csv", 1), ("train_fp.csv", -1)):
+        frame = read_table(Path(input_dir) / name, RFCX_COLUMNS)
+        parts.append(pd.DataFrame({
+            "recording_id": frame["recording_id"].astype(str),
+            "class": "s" + frame["species_id"].astype(int).astype(str),
+            "t_min": frame["t_min"].astype(float), "t_max": frame["t_max"].astype(float),
+            "f_min": frame["f_min"].astype(float), "f_max": frame["f_max"].astype(float),
+            "label": label, "source": name}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def rfcx_classes(input_dir, annotations: pd.DataFrame) -> list[str]:
+    """Class order of the submission (s0..s23), else the numeric order of the species seen."""
+    sub = Path(input_dir) / "sample_submission.csv"
+    if sub.is_file():
+        cols = [c for c in pd.read_csv(sub, nrows=0).columns if c != "recording_id"]
+        if cols:
+            return cols
+    return sorted(annotations["class"].unique(), key=lambda c: int(c[1:]))
+
+
+# ----------------------------------------------------------------------------- folds
+def make_folds(annotations: pd.DataFrame, classes: list[str], n_folds: int, seed: int) -> pd.DataFrame:
+    """Split by recording, multilabel-stratified by TP species.
+
+    Returns recording_id, fold, has_tp. Recordings with TP rows get a fold 0..n_folds-1 and
+    are validated once; FP-only recordings get fold -1 and are in training for every fold.
+    """
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+    tp = annotations[annotations["label"] > 0]
+    tp_ids = sorted(tp["recording_id"].unique())
+    all_ids = sorted(annotations["recording_id"].unique())
+    if len(tp_ids) < n_folds:
+        raise ConfigError(f"{len(tp_ids)} recordings with TP rows cannot make {n_folds} folds; "
+                          "lower n_folds")
+    index = {c: i for i, c in enumerate(classes)}
+    y = np.zeros((len(tp_ids), len(classes)), dtype=int)
+    row_of = {rid: i for i, rid in enumerate(tp_ids)}
+    for rid, cls in zip(tp["recording_id"], tp["class"]):
+        y[row_of[rid], index[cls]] = 1
+    fold = np.full(len(tp_ids), -1)
+    splitter = MultilabelStratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    for k, (_, val_idx) in enumerate(splitter.split(np.zeros(len(tp_ids)), y)):
+        fold[val_idx] = k
+    folds = pd.DataFrame({"recording_id": tp_ids, "fold": fold, "has_tp": True})
+    fp_only = sorted(set(all_ids) - set(tp_ids))
+    rest = pd.DataFrame({"recording_id": fp_only, "fold": -1, "has_tp": False})
+    return pd.concat([folds, rest], ignore_index=True)
+
+
+def split_fold(folds: pd.DataFrame, fold: int) -> tuple[set, set]:
+    """(train recording ids, validation recording ids) of one fold; disjoint by construction."""
+    val = set(folds.loc[folds["fold"] == fold, "recording_id"])
+    train = set(folds["recording_id"]) - val
+    return train, val
+
+
+# ----------------------------------------------------------------------------- crops and labels
+def crop_start(t_min: float, t_max: float, duration: float, crop: float, rng) -> float:
+    """Recipe crop: start uniform in [centre - crop/2, centre), clamped inside the recording."""
+    centre = 0.5 * (t_min + t_max)
+    start = rng.uniform(centre - crop / 2, centre)
+    return float(min(max(start, 0.0), max(duration - crop, 0.0)))
+
+
+def window_labels(events: pd.DataFrame, start: float, end: float, class_index: dict,
+                  min_overlap: float = 0.5) -> np.ndarray:
+    """Labels (K,) of a window from the annotation rows of its recording.
+
+    A row counts when it overlaps the window by at least min(min_overlap s, half the row's
+    length). TP gives +1, FP gives -1, both for one class: +1 (the species calls in the
+    window even if a detector also fired wrongly there); otherwise 0 (unknown).
+    """
+    labels = np.zeros(len(class_index), dtype=np.float32)
+    if events is None or len(events) == 0:
+        return labels
+    t0, t1 = events["t_min"].to_numpy(), events["t_max"].to_numpy()
+    overlap = np.minimum(t1, end) - np.maximum(t0, start)
+    need = np.minimum(min_overlap, 0.5 * (t1 - t0))
+    hit = overlap >= need - 1e-9
+    for cls, lab in zip(events["class"].to_numpy()[hit], events["label"].to_numpy()[hit]):
+        k = class_index[cls]
+        labels[k] = 1.0 if lab > 0 or labels[k] > 0 else -1.0
+    return labels
+
+
+class CropDataset(torch.utils.data.Dataset):
+    """One training crop per annotation row: (wave (crop_samples,), labels (K,) in {-1,0,1}).
+
+    The crop offset is random but reproducible: drawn from (seed, epoch, index), so results
+    do not depend on the number of loader workers. Call `set_epoch` before each epoch.
+    """
+
+    def __init__(self, rows: pd.DataFrame, annotations: pd.DataFrame, cache, classes: list[str],
+                 sample_rate: int, crop_seconds: float, durations: dict, seed: int = 0,
+                 min_overlap: float = 0.5):
+        self.rows = rows.reset_index(drop=True)
+        self.by_rec = {rid: grp for rid, grp in annotations.groupby("recording_id")}
+        self.cache, self.sr, self.crop = cache, sample_rate, crop_seconds
+        self.class_index = {c: i for i, c in enumerate(classes)}
+        self.durations, self.seed, self.epoch = durations, seed, 0
+        self.min_overlap = min_overlap
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, idx: int):
+        row = self.rows.iloc[idx]
+        rng = np.random.default_rng([self.seed, self.epoch, idx])
+        rid = row["recording_id"]
+        start = crop_start(row["t_min"], row["t_max"], self.durations[rid], self.crop, rng)
+        n = int(round(self.crop * self.sr))
+        wave = self.cache.crop(rid, int(round(start * self.sr)), n)
+        labels = window_labels(self.by_rec.get(rid), start, start + self.crop,
+                               self.class_index, self.min_overlap)
+        return torch.from_numpy(wave), torch.from_numpy(labels)

@@ -1,0 +1,59 @@
+"""The mel front end as an nn.Module, so it runs batched on the model's device."""
+from __future__ import annotations
+
+import librosa
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def n_frames(n_samples: int, hop_length: int) -> int:
+    """Frames of a centred STFT over `n_samples` samples."""
+    return n_samples // hop_length + 1
+
+
+class MelFrontEnd(nn.Module):
+    """Waveform (B, N) -> normalised log-mel image (B, in_chans, n_mels, frames).
+
+    Power mel spectrogram (`power`=2) -> dB -> per-image standardisation (each example to
+    mean 0, std 1, as the recipe's per-image normalisation), repeated to `in_chans`
+    channels, optionally resized to `image_size` = (mels, frames) like the recipe's 224x400.
+    """
+
+    def __init__(self, sample_rate: int, n_fft: int, hop_length: int, n_mels: int,
+                 fmin: float, fmax: float, power: float = 2.0, in_chans: int = 1,
+                 image_size: tuple[int, int] | None = None, top_db: float = 80.0):
+        super().__init__()
+        if fmax > sample_rate / 2:
+            raise ValueError(f"fmax={fmax} Hz is above the Nyquist frequency "
+                             f"{sample_rate / 2} Hz of sample_rate={sample_rate}")
+        if n_mels > n_fft // 2 + 1:
+            raise ValueError(f"n_mels={n_mels} exceeds the {n_fft // 2 + 1} STFT bins of "
+                             f"n_fft={n_fft}; lower n_mels or raise n_fft")
+        self.n_fft, self.hop_length, self.power = n_fft, hop_length, power
+        self.in_chans, self.top_db = in_chans, top_db
+        self.image_size = tuple(image_size) if image_size else None
+        mel = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
+        self.register_buffer("mel_basis", torch.from_numpy(mel.astype(np.float32)), persistent=False)
+        self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
+
+    def spectrogram(self, wave: torch.Tensor) -> torch.Tensor:
+        """(B, N) -> dB mel (B, n_mels, frames), float32 whatever the autocast state."""
+        with torch.autocast(device_type=wave.device.type, enabled=False):
+            spec = torch.stft(wave.float(), self.n_fft, self.hop_length, window=self.window,
+                              center=True, pad_mode="reflect", return_complex=True)
+            power = spec.abs().pow(self.power)
+            mel = torch.matmul(self.mel_basis, power)
+            db = 10.0 * torch.log10(mel.clamp_min(1e-10))
+            # clip the floor per example: silence should not dominate the normalisation
+            return torch.maximum(db, db.amax(dim=(1, 2), keepdim=True) - self.top_db)
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        x = self.spectrogram(wave)
+        mean = x.mean(dim=(1, 2), keepdim=True)
+        std = x.std(dim=(1, 2), keepdim=True)
+        x = ((x - mean) / (std + 1e-5)).unsqueeze(1)
+        if self.image_size:
+            x = F.interpolate(x, size=self.image_size, mode="bilinear", align_corners=False)
+        return x.expand(-1, self.in_chans, -1, -1) if self.in_chans > 1 else x

@@ -1,0 +1,60 @@
+"""Losses on clip logits (B, K).
+
+Labels follow the annotation table: +1 present, -1 absent (FP), 0 unknown. Stage 1 uses
+0/1 targets (TP species present, everything else treated as absent), as the recipe did.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def lsep_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """LSEP: mean over the batch of log(1 + sum_{v neg, u pos} exp(f_v - f_u)).
+
+    Computed as logsumexp over {0} and the masked pairwise differences, which is exact and
+    never overflows; a row with no (pos, neg) pair contributes log(1) = 0.
+    logits, targets: (B, K); targets > 0.5 are positives, the rest negatives.
+    """
+    pos = targets > 0.5
+    diff = logits.unsqueeze(1) - logits.unsqueeze(2)  # [b, u, v] = f_v - f_u
+    pair = pos.unsqueeze(2) & ~pos.unsqueeze(1)       # u positive, v negative
+    diff = diff.masked_fill(~pair, float("-inf"))
+    zeros = logits.new_zeros(logits.shape[0], 1)
+    return torch.logsumexp(torch.cat([zeros, diff.flatten(1)], dim=1), dim=1).mean()
+
+
+def bce_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean binary cross-entropy over every (example, class) entry."""
+    return F.binary_cross_entropy_with_logits(logits, targets.float())
+
+
+def masked_focal_terms(logits: torch.Tensor, labels: torch.Tensor, gamma: float = 2.0,
+                       zero_target: float = 0.45) -> dict:
+    """The three per-entry terms of the stage-2/3 loss, each (B, K), before weighting.
+
+    pos:  BCE(z, 1) * (1 - p)^gamma  where label == +1  (focal: easy positives fade out)
+    neg:  BCE(z, 0)                  where label == -1
+    zero: BCE(z, zero_target)        where label == 0   (unknown: pulled towards 0.45)
+    """
+    prob = torch.sigmoid(logits)
+    pos_mask = (labels > 0.5).float()
+    neg_mask = (labels < -0.5).float()
+    zero_mask = 1.0 - pos_mask - neg_mask
+    pos = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits), reduction="none")
+    pos = pos * (1 - prob).pow(gamma) * pos_mask
+    neg = F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits),
+                                             reduction="none") * neg_mask
+    zero = F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, zero_target),
+                                              reduction="none") * zero_mask
+    return {"pos": pos, "neg": neg, "zero": zero}
+
+
+LOSSES = {"lsep": lsep_loss, "bce": bce_loss}
+
+
+def get_loss(name: str):
+    if name not in LOSSES:
+        from common.cli import ConfigError
+        raise ConfigError(f"unknown loss '{name}'; choose one of {sorted(LOSSES)}")
+    return LOSSES[name]

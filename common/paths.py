@@ -1,0 +1,24 @@
+"""Input and work directories: Kaggle's paths when running in a Kaggle kernel, else local ones."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+KAGGLE_INPUT = Path("/kaggle/input")
+KAGGLE_RFCX = KAGGLE_INPUT / "rfcx-species-audio-detection"
+KAGGLE_WORKING = Path("/kaggle/working")
+DEMO_INPUT = Path("data/demo")
+
+
+def default_input_dir() -> str:
+    """The RFCx competition data on Kaggle, else the embedded demo dataset folder."""
+    return str(KAGGLE_RFCX) if KAGGLE_RFCX.is_dir() else str(DEMO_INPUT)
+
+
+def default_work_dir() -> str:
+    """Kaggle's writable folder in a kernel, else ./work (INPUT_DIR is never written)."""
+    return str(KAGGLE_WORKING) if KAGGLE_INPUT.is_dir() else "work"
+
+
+def is_demo_input(input_dir: str | os.PathLike) -> bool:
+    return Path(input_dir).resolve() == DEMO_INPUT.resolve()

@@ -1,0 +1,59 @@
+"""Everything a training or inference stage reads from one preprocessing run."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from common import runs
+from common.audio import WaveCache
+
+
+@dataclass
+class Prepared:
+    run_dir: Path
+    classes: list
+    sample_rate: int
+    recordings: pd.DataFrame   # recording_id, split, duration, n_samples, ...
+    annotations: pd.DataFrame  # the annotation table
+    folds: pd.DataFrame        # recording_id, fold (-1 = always training), has_tp
+    cache: WaveCache
+
+    @property
+    def durations(self) -> dict:
+        return dict(zip(self.recordings["recording_id"], self.recordings["duration"]))
+
+    def ids(self, split: str) -> list:
+        return self.recordings.loc[self.recordings["split"] == split, "recording_id"].tolist()
+
+    def tp_matrix(self, recording_ids) -> np.ndarray:
+        """(N, K) 0/1: the TP species annotated anywhere in each recording (sparse truth)."""
+        index = {c: i for i, c in enumerate(self.classes)}
+        row = {rid: i for i, rid in enumerate(recording_ids)}
+        y = np.zeros((len(recording_ids), len(self.classes)), dtype=np.float32)
+        tp = self.annotations[self.annotations["label"] > 0]
+        for rid, cls in zip(tp["recording_id"], tp["class"]):
+            if rid in row:
+                y[row[rid], index[cls]] = 1
+        return y
+
+    def test_truth(self, input_dir) -> tuple[list, np.ndarray] | None:
+        """(ids, (N, K) 0/1) from INPUT_DIR/test_truth.csv when it exists (the demo), else None."""
+        path = Path(input_dir) / "test_truth.csv"
+        if not path.is_file():
+            return None
+        truth = pd.read_csv(path)
+        truth = truth[truth["recording_id"].astype(str).isin(set(self.ids("test")))]
+        return truth["recording_id"].astype(str).tolist(), truth[self.classes].to_numpy(np.float32)
+
+
+def load_prepared(work_dir, tag: str = "latest") -> Prepared:
+    run_dir = runs.find_run(work_dir, "preprocess", tag)
+    meta = json.loads((run_dir / "classes.json").read_text())
+    read = lambda name: pd.read_csv(run_dir / name, dtype={"recording_id": str})  # noqa: E731
+    return Prepared(run_dir=run_dir, classes=meta["classes"], sample_rate=int(meta["sample_rate"]),
+                    recordings=read("recordings.csv"), annotations=read("annotations.csv"),
+                    folds=read("folds.csv"), cache=WaveCache(run_dir / "waves"))

@@ -1,0 +1,189 @@
+"""Run folders, manifests, atomic artifact writes, the summary and the experiments table.
+
+Layout: WORK_DIR/<stage>/<tag>/ with a manifest.json that is marked finished only when the
+stage has written everything; a later stage resolves `--stage1=latest` (or a tag) to the
+newest *finished* run, so it never reads a half-written run.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+
+from common.cli import ConfigError
+
+PACKAGES = ("torch", "torchvision", "timm", "librosa", "soundfile", "soxr", "numpy",
+            "pandas", "scikit-learn", "albumentations")
+
+
+# ----------------------------------------------------------------------------- atomic writes
+def atomic_write(path: str | os.PathLike, write_fn, mode: str = "w") -> Path:
+    """Call write_fn(file_object) on a temporary file beside `path`, then rename it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as handle:
+            write_fn(handle)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def save_json(path, obj) -> Path:
+    return atomic_write(path, lambda f: json.dump(obj, f, indent=2, default=_json_default))
+
+
+def save_csv(path, frame: pd.DataFrame, **kwargs) -> Path:
+    kwargs.setdefault("index", False)
+    return atomic_write(path, lambda f: frame.to_csv(f, **kwargs))
+
+
+def save_torch(path, obj) -> Path:
+    import torch
+    return atomic_write(path, lambda f: torch.save(obj, f), mode="wb")
+
+
+def _json_default(obj):
+    if hasattr(obj, "item"):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj)}")
+
+
+# ----------------------------------------------------------------------------- run folders
+def new_tag(name: str = "") -> str:
+    stamp = _dt.datetime.now().strftime("%Y%m%d_%H%M%S")
+    return f"{stamp}_{name}" if name else stamp
+
+
+def start_run(work_dir, stage: str, tag: str = "", name: str = "") -> Path:
+    """Create WORK_DIR/<stage>/<tag>/ (a fresh tag unless one is given) and return it."""
+    tag = tag or new_tag(name)
+    run_dir = Path(work_dir) / stage / tag
+    if (run_dir / "manifest.json").exists():
+        raise ConfigError(f"run {run_dir} already exists; pick another --tag or delete it")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def package_versions() -> dict:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def write_manifest(run_dir, stage: str, cfg: dict, inputs: dict, outputs: list,
+                   metrics: dict, finished: bool) -> Path:
+    run_dir = Path(run_dir)
+    manifest = {
+        "stage": stage, "tag": run_dir.name, "finished": finished,
+        "time": _dt.datetime.now().isoformat(timespec="seconds"),
+        "inputs": inputs, "outputs": outputs, "metrics": metrics,
+        "packages": package_versions(), "config": cfg,
+    }
+    return save_json(run_dir / "manifest.json", manifest)
+
+
+def read_manifest(run_dir) -> dict:
+    return json.loads((Path(run_dir) / "manifest.json").read_text())
+
+
+def find_run(work_dir, stage: str, tag: str = "latest") -> Path:
+    """The run folder of `stage` named `tag`, or the newest finished one for 'latest'."""
+    base = Path(work_dir) / stage
+    if tag and tag != "latest":
+        run_dir = base / tag
+        if not (run_dir / "manifest.json").exists():
+            raise ConfigError(f"no {stage} run '{tag}' in {base}: run that stage first "
+                              f"or pick one of {list_runs(work_dir, stage) or 'none'}")
+        if not read_manifest(run_dir).get("finished"):
+            raise ConfigError(f"{stage} run {run_dir} is unfinished (it crashed or is still "
+                              "running); run it again or pick another tag")
+        return run_dir
+    finished = list_runs(work_dir, stage)
+    if not finished:
+        raise ConfigError(f"no finished {stage} run under {base}: run the {stage} script first")
+    return base / finished[-1]
+
+
+def list_runs(work_dir, stage: str) -> list[str]:
+    """Tags of the finished runs of `stage`, oldest first (by manifest time, then name)."""
+    base = Path(work_dir) / stage
+    found = []
+    for manifest in base.glob("*/manifest.json"):
+        try:
+            data = json.loads(manifest.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if data.get("finished"):
+            found.append((data.get("time", ""), manifest.parent.name))
+    return [tag for _, tag in sorted(found)]
+
+
+# ----------------------------------------------------------------------------- summary
+def update_summary(work_dir, section: str, figures: dict) -> Path:
+    """Merge `figures` into work/summary.json under `section` (e.g. 'stage1')."""
+    path = Path(work_dir) / "summary.json"
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data.setdefault(section, {}).update(figures)
+    return save_json(path, data)
+
+
+# ----------------------------------------------------------------------------- experiments
+EXPERIMENT_COLUMNS = ["run", "stage", "backbone", "resolution", "batch_size", "loss",
+                      "cv_lwlrap", "cv_f1", "test_lwlrap", "memo"]
+
+
+def append_experiment(work_dir, row: dict) -> Path:
+    """Append one row to WORK_DIR/experiments.csv and re-render experiments.md."""
+    csv_path = Path(work_dir) / "experiments.csv"
+    old = pd.read_csv(csv_path) if csv_path.exists() else pd.DataFrame(columns=EXPERIMENT_COLUMNS)
+    new = pd.DataFrame([{c: row.get(c, "") for c in sorted(set(EXPERIMENT_COLUMNS) | set(row),
+                                                           key=_column_order)}])
+    table = pd.concat([old, new], ignore_index=True) if len(old) else new
+    save_csv(csv_path, table)
+    atomic_write(Path(work_dir) / "experiments.md", lambda f: f.write(render_markdown(table)))
+    return csv_path
+
+
+def _column_order(name: str) -> tuple:
+    return (EXPERIMENT_COLUMNS.index(name) if name in EXPERIMENT_COLUMNS else 99, name)
+
+
+def render_markdown(table: pd.DataFrame, group: str = "stage") -> str:
+    """One table per group (as in the seed's log), the best CV LWLRAP of each group in bold."""
+    cols = [c for c in table.columns]
+    parts = []
+    for key, sub in table.groupby(group, sort=False) if group in table else [("", table)]:
+        best = pd.to_numeric(sub.get("cv_lwlrap"), errors="coerce")
+        best_idx = best.idxmax() if best.notna().any() else None
+        lines = ["|" + "|".join(cols) + "|", "|" + "|".join("---" for _ in cols) + "|"]
+        for idx, rec in sub.iterrows():
+            cells = [_fmt(rec[c]) for c in cols]
+            if idx == best_idx and "cv_lwlrap" in cols:
+                pos = cols.index("cv_lwlrap")
+                cells[pos] = f"**{cells[pos]}**"
+            lines.append("|" + "|".join(cells) + "|")
+        parts.append(f"## {key}\n\n" + "\n".join(lines) + "\n")
+    return "# Experiments\n\n" + "\n".join(parts)
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return "" if pd.isna(value) else f"{value:.4f}"
+    return "" if value is None else str(value).replace("|", "/")

@@ -1,0 +1,144 @@
+"""SED model: mel front end -> any timm backbone -> attention head (RECIPE.md section 2).
+
+The model returns a dict with stable keys:
+  clip_logit (B, K)  attention-pooled pre-sigmoid logit, used by losses and predictions
+  clip_prob  (B, K)  attention-pooled sigmoid of the framewise logits
+  frame_logit (B, T, K), frame_prob (B, T, K)  framewise outputs upsampled to the input frames
+A model is rebuilt from its `model_cfg` dict alone (see `build_model`), which every
+checkpoint stores, so loading a checkpoint takes no other flag.
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from common.cli import ConfigError
+from common.features import MelFrontEnd
+
+MODEL_KEYS = ("backbone", "n_classes", "in_chans", "sample_rate", "n_fft", "hop_length",
+              "n_mels", "fmin", "fmax", "image_size", "dropout", "crop_seconds")
+
+
+def create_backbone(name: str, in_chans: int, pretrained_path: str = "") -> nn.Module:
+    """A timm feature extractor (no classifier, no pooling); nothing is downloaded.
+
+    `pretrained_path` loads weights from a local file (a timm/torch state dict); a first
+    conv with another channel count is adapted the way timm adapts ImageNet weights.
+    """
+    try:
+        model = timm.create_model(name, pretrained=False, in_chans=in_chans,
+                                  num_classes=0, global_pool="")
+    except RuntimeError as err:
+        if "Unknown model" not in str(err):
+            raise
+        close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.5)
+        raise ConfigError(f"unknown backbone '{name}'. Close timm names: {close or 'none'}; "
+                          "see timm.list_models()") from None
+    if pretrained_path:
+        load_backbone_weights(model, pretrained_path, in_chans)
+    return model
+
+
+def load_backbone_weights(model: nn.Module, path: str, in_chans: int) -> dict:
+    """Load a local state dict into `model`, skipping the classifier; report what matched."""
+    if not Path(path).is_file():
+        raise ConfigError(f"pretrained_path {path} does not exist")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
+    own = model.state_dict()
+    loaded = {}
+    for key, value in state.items():
+        if key not in own:
+            continue
+        if value.ndim == 4 and own[key].ndim == 4 and value.shape[1] != own[key].shape[1] \
+                and value.shape[0] == own[key].shape[0]:
+            value = timm.models.adapt_input_conv(in_chans, value)
+        if value.shape == own[key].shape:
+            loaded[key] = value
+    if not loaded:
+        raise ConfigError(f"pretrained_path {path}: no tensor matches backbone parameters")
+    model.load_state_dict(loaded, strict=False)
+    return {"loaded": len(loaded), "missing": len(own) - len(loaded)}
+
+
+class AttentionHead(nn.Module):
+    """(B, C, T') encoder sequence -> clip and frame outputs (B, K) and (B, T', K)."""
+
+    def __init__(self, in_features: int, n_classes: int, dropout: float):
+        super().__init__()
+        self.dropout = dropout
+        self.fc1 = nn.Linear(in_features, in_features)
+        self.att = nn.Conv1d(in_features, n_classes, 1)
+        self.cla = nn.Conv1d(in_features, n_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> dict:
+        # smooth over +-1 frame: peaks survive (max) and the context is kept (avg)
+        x = F.max_pool1d(x, 3, 1, 1) + F.avg_pool1d(x, 3, 1, 1)
+        x = F.dropout(x, self.dropout, self.training)
+        x = F.relu(self.fc1(x.transpose(1, 2))).transpose(1, 2)
+        x = F.dropout(x, self.dropout, self.training)
+        weights = torch.softmax(torch.tanh(self.att(x)), dim=-1)
+        cla = self.cla(x)
+        return {"clip_logit": (weights * cla).sum(-1),
+                "clip_prob": (weights * torch.sigmoid(cla)).sum(-1),
+                "frame_logit": cla.transpose(1, 2)}
+
+
+class SEDModel(nn.Module):
+    """Waveform (B, N) -> dict of clip and frame outputs (see module docstring)."""
+
+    def __init__(self, model_cfg: dict, pretrained_path: str = ""):
+        super().__init__()
+        self.model_cfg = {k: model_cfg[k] for k in MODEL_KEYS}
+        c = self.model_cfg
+        self.front = MelFrontEnd(c["sample_rate"], c["n_fft"], c["hop_length"], c["n_mels"],
+                                 c["fmin"], c["fmax"], in_chans=c["in_chans"],
+                                 image_size=c["image_size"])
+        self.backbone = create_backbone(c["backbone"], c["in_chans"], pretrained_path)
+        self.head = AttentionHead(self.backbone.num_features, c["n_classes"], c["dropout"])
+
+    def encode(self, wave: torch.Tensor) -> torch.Tensor:
+        """(B, N) -> encoder feature map (B, C, F', T')."""
+        return self.backbone.forward_features(self.front(wave))
+
+    def forward(self, wave: torch.Tensor, mix: tuple | None = None) -> dict:
+        """`mix=(perm, lam)` mixes the encoder feature map with its permutation (last-layer
+        mixup): feats = lam * feats + (1 - lam) * feats[perm]; lam is a scalar or (B,)."""
+        feats = self.encode(wave)
+        if mix is not None:
+            perm, lam = mix
+            lam = torch.as_tensor(lam, dtype=feats.dtype, device=feats.device).reshape(-1, 1, 1, 1)
+            feats = lam * feats + (1 - lam) * feats[perm]
+        out = self.head(feats.mean(dim=2))
+        frames = self.front.image_size[1] if self.front.image_size else \
+            wave.shape[-1] // self.model_cfg["hop_length"] + 1
+        frame_logit = F.interpolate(out["frame_logit"].transpose(1, 2), size=frames,
+                                    mode="linear", align_corners=False).transpose(1, 2)
+        out["frame_logit"] = frame_logit
+        out["frame_prob"] = torch.sigmoid(frame_logit)
+        return out
+
+
+def build_model(model_cfg: dict, pretrained_path: str = "") -> SEDModel:
+    return SEDModel(model_cfg, pretrained_path)
+
+
+def save_checkpoint(path, model: SEDModel, extra: dict | None = None) -> Path:
+    """Weights plus the model config (and any `extra` facts: fold, epoch, score)."""
+    from common.runs import save_torch
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return save_torch(path, {"model_cfg": model.model_cfg, "state_dict": state,
+                             **(extra or {})})
+
+
+def load_checkpoint(path, device: str | torch.device = "cpu") -> tuple[SEDModel, dict]:
+    """Rebuild the model from a checkpoint file; returns (model in eval mode, checkpoint)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    model = build_model(ckpt["model_cfg"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(device).eval(), ckpt

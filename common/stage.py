@@ -1,0 +1,175 @@
+"""What every training stage does around its loss: folds, validation, OOF, test scores,
+and the artifacts (checkpoints, oof.csv, test_pred.csv, history, metrics, experiments row).
+
+A stage script supplies, per fold, a model, a loader factory and a step function; this
+module runs the shared loop (common.train.fit) for each fold and scores the run.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from common import metrics, runs
+from common.cli import ConfigError
+from common.infer import predict_recordings
+from common.sed import load_checkpoint, save_checkpoint
+from common.train import fit, save_history
+
+MODEL_FIELDS = ("backbone", "in_chans", "n_fft", "hop_length", "n_mels", "fmin", "fmax",
+                "dropout", "crop_seconds")
+
+
+def parse_size(text: str) -> tuple[int, int] | None:
+    """'224x400' -> (224, 400) (mels x frames); '' -> None (no resize)."""
+    if not text:
+        return None
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"image_size={text!r}: write it as MELSxFRAMES, e.g. 224x400") from None
+    return h, w
+
+
+def model_cfg(cfg, classes: list, sample_rate: int) -> dict:
+    out = {k: getattr(cfg, k) for k in MODEL_FIELDS}
+    out.update(n_classes=len(classes), sample_rate=sample_rate, image_size=parse_size(cfg.image_size))
+    if out["fmax"] > sample_rate / 2:
+        raise ConfigError(f"fmax={cfg.fmax} Hz is above half the cache's sample rate "
+                          f"({sample_rate} Hz); lower fmax or preprocess at a higher rate")
+    return out
+
+
+def resolution(mcfg: dict) -> str:
+    """'mels x frames' of the backbone input, as in the seed's tables."""
+    if mcfg.get("image_size"):
+        return "{}x{}".format(*mcfg["image_size"])
+    frames = int(round(mcfg["crop_seconds"] * mcfg["sample_rate"])) // mcfg["hop_length"] + 1
+    return f"{mcfg['n_mels']}x{frames}"
+
+
+def fold_list(folds: list, n_folds: int) -> list[int]:
+    chosen = list(folds) if folds else list(range(n_folds))
+    bad = [f for f in chosen if f not in range(n_folds)]
+    if bad:
+        raise ConfigError(f"folds {bad} do not exist; the preprocessing run has folds 0..{n_folds - 1}")
+    return chosen
+
+
+def windows(cfg, sample_rate: int) -> tuple[int, int]:
+    """(window, stride) in samples for whole-recording scoring."""
+    window = int(round(cfg.crop_seconds * sample_rate))
+    stride = int(round((cfg.val_stride_seconds or cfg.crop_seconds) * sample_rate))
+    return window, stride
+
+
+def run_fold(cfg, prep, fold: int, model, make_loader, step, run_dir: Path, device) -> dict:
+    """Train one fold; returns its history, best row and the OOF scores of the best epoch."""
+    _, val = prep_split(prep, fold)
+    val_ids = sorted(val)
+    truth = prep.tp_matrix(val_ids)
+    window, stride = windows(cfg, prep.sample_rate)
+    holder = {}
+
+    def validate(m):
+        scores = predict_recordings(m, prep.cache, val_ids, window, stride, cfg.infer_batch, device)
+        holder["last"] = scores
+        return {"val_lwlrap": metrics.lwlrap(truth, scores),
+                "val_f1": metrics.f1_at(truth, 1 / (1 + np.exp(-scores)))["f1"]}
+
+    def save_best(m, row):
+        holder["best"] = holder["last"]
+        save_checkpoint(run_dir / f"fold{fold}.pth", m, {"fold": fold, "epoch": row["epoch"],
+                                                         "val_lwlrap": row["val_lwlrap"]})
+
+    history, best = fit(model, make_loader, step, validate, epochs=cfg.epochs, lr=cfg.lr,
+                        t_max=cfg.t_max, device=device, metric="val_lwlrap", ckpt_fn=save_best,
+                        amp=cfg.amp, desc=f"fold {fold}")
+    history.insert(0, "fold", fold)
+    return {"history": history, "best": best, "val_ids": val_ids, "oof": holder["best"]}
+
+
+def prep_split(prep, fold: int):
+    from common.data import split_fold
+    return split_fold(prep.folds, fold)
+
+
+def predict_test(run_dir: Path, folds: list[int], prep, cfg, device,
+                 weights: dict | None = None) -> tuple[list, np.ndarray]:
+    """Test scores: each fold's best checkpoint, max over windows, mean over folds weighted
+    by each fold's validation LWLRAP (the recipe's fold blend)."""
+    ids = prep.ids("test")
+    window, stride = windows(cfg, prep.sample_rate)
+    total, weight_sum = 0.0, 0.0
+    for fold in folds:
+        model, ckpt = load_checkpoint(run_dir / f"fold{fold}.pth", device)
+        w = (weights or {}).get(fold, ckpt.get("val_lwlrap", 1.0))
+        total = total + w * predict_recordings(model, prep.cache, ids, window, stride,
+                                               cfg.infer_batch, device)
+        weight_sum += w
+    return ids, total / weight_sum
+
+
+def score_frame(ids: list, scores: np.ndarray, classes: list) -> pd.DataFrame:
+    frame = pd.DataFrame(scores, columns=classes)
+    frame.insert(0, "recording_id", ids)
+    return frame
+
+
+def finish_run(cfg, prep, stage: str, run_dir: Path, fold_results: list, mcfg: dict,
+               inputs: dict, device, tic: float, loss_name: str) -> dict:
+    """Write oof.csv, test_pred.csv, history, metrics.json, the experiments row, summary and
+    the finished manifest; returns the metrics."""
+    folds = [r["history"]["fold"].iloc[0] for r in fold_results]
+    oof_ids = [rid for r in fold_results for rid in r["val_ids"]]
+    oof = np.concatenate([r["oof"] for r in fold_results])
+    truth = prep.tp_matrix(oof_ids)
+    runs.save_csv(run_dir / "oof.csv", score_frame(oof_ids, oof, prep.classes))
+    history = pd.concat([r["history"] for r in fold_results], ignore_index=True)
+    save_history(history, run_dir, "val_lwlrap")
+    result = {"cv_lwlrap": metrics.lwlrap(truth, oof),
+              "cv_f1": metrics.f1_at(truth, 1 / (1 + np.exp(-oof)))["f1"],
+              "fold_lwlrap": {int(r["history"]["fold"].iloc[0]): r["best"]["val_lwlrap"]
+                              for r in fold_results},
+              "folds": [int(f) for f in folds]}
+    ids, test = predict_test(run_dir, folds, prep, cfg, device)
+    runs.save_csv(run_dir / "test_pred.csv", score_frame(ids, test, prep.classes))
+    found = prep.test_truth(cfg.input_dir)
+    if found is not None:
+        truth_ids, test_truth = found
+        order = {rid: i for i, rid in enumerate(ids)}
+        aligned = test[[order[r] for r in truth_ids]]
+        result["test_lwlrap"] = metrics.lwlrap(test_truth, aligned)
+        result["test_prevalence_baseline"] = metrics.prevalence_baseline(test_truth)
+        result["test_f1"] = metrics.f1_at(test_truth, 1 / (1 + np.exp(-aligned)))["f1"]
+    result["seconds"] = round(time.time() - tic, 1)
+    runs.save_json(run_dir / "metrics.json", result)
+    runs.append_experiment(cfg.work_dir, {
+        "run": run_dir.name, "stage": stage, "backbone": mcfg["backbone"],
+        "resolution": resolution(mcfg), "batch_size": cfg.batch_size, "loss": loss_name,
+        "cv_lwlrap": result["cv_lwlrap"], "cv_f1": result["cv_f1"],
+        "test_lwlrap": result.get("test_lwlrap"),
+        "memo": f"hop={mcfg['hop_length']} epochs={cfg.epochs} folds={len(folds)} {cfg.memo}".strip()})
+    summary = {k: result[k] for k in ("cv_lwlrap", "cv_f1", "test_lwlrap",
+                                      "test_prevalence_baseline", "seconds") if k in result}
+    runs.update_summary(cfg.work_dir, stage, {**summary, "tag": run_dir.name})
+    runs.write_manifest(run_dir, stage, _plain(cfg), inputs,
+                        [f"fold{f}.pth" for f in folds] + ["oof.csv", "test_pred.csv",
+                                                           "history.csv", "curves.png", "metrics.json"],
+                        result, finished=True)
+    return result
+
+
+def _plain(cfg) -> dict:
+    import dataclasses
+    return dataclasses.asdict(cfg)
+
+
+def seed_everything(seed: int) -> None:
+    import random
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)

@@ -1,0 +1,109 @@
+"""The one training loop every stage uses, and its artifacts (history, curves PNG).
+
+A stage supplies `step(model, batch) -> loss` (its loss, mixup, label rules) and
+`validate(model) -> dict` (must contain the selection metric); the loop does the rest:
+Adam, CosineAnnealingLR stepped per epoch, mixed precision, best-epoch checkpointing.
+"""
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from common.runs import save_csv
+
+
+def autocast(device: torch.device, amp: str):
+    """Mixed precision context: amp in {'none', 'bf16', 'fp16'} (fp16 only on CUDA)."""
+    if amp == "none":
+        return nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def train_epoch(model, loader, step, optimizer, device, amp: str = "none",
+                scaler=None, desc: str = "train") -> float:
+    """One pass over `loader`; returns the mean loss."""
+    model.train()
+    total, count = 0.0, 0
+    bar = tqdm(loader, desc=desc, leave=False)
+    for batch in bar:
+        batch = [b.to(device, non_blocking=True) for b in batch]
+        with autocast(device, amp):
+            loss = step(model, batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{desc}: loss became {loss.item()}; lower lr or check data")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        total += loss.item() * len(batch[0])
+        count += len(batch[0])
+        bar.set_postfix(loss=f"{total / count:.4f}")
+    return total / max(count, 1)
+
+
+def fit(model, make_loader, step, validate, *, epochs: int, lr: float, t_max: int,
+        device, metric: str, ckpt_fn, amp: str = "none", desc: str = "") -> tuple[pd.DataFrame, dict]:
+    """Train for `epochs`, validating after each; `ckpt_fn(model, row)` saves the best epoch.
+
+    make_loader(epoch) returns the epoch's batches; validate(model) returns a dict of
+    validation figures including `metric` (higher is better). Returns (history, best row).
+    """
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t_max)
+    scaler = torch.amp.GradScaler("cuda") if amp == "fp16" and device.type == "cuda" else None
+    rows, best = [], {metric: -math.inf}
+    for epoch in range(epochs):
+        tic = time.time()
+        loss = train_epoch(model, make_loader(epoch), step, optimizer, device, amp, scaler,
+                           desc=f"{desc} ep{epoch}")
+        current_lr = scheduler.get_last_lr()[0]
+        scheduler.step()
+        row = {"epoch": epoch, "lr": current_lr, "train_loss": loss, **validate(model),
+               "seconds": round(time.time() - tic, 2)}
+        rows.append(row)
+        if row[metric] > best[metric]:
+            best = dict(row)
+            ckpt_fn(model, best)
+        print(f"{desc} epoch {epoch:2d} loss {loss:.4f} {metric} {row[metric]:.4f} "
+              f"({row['seconds']:.0f}s){' *' if best['epoch'] == epoch else ''}", flush=True)
+    return pd.DataFrame(rows), best
+
+
+def save_history_plot(history: pd.DataFrame, path, metric: str) -> Path:
+    """PNG of the loss and metric curves, one line per fold."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for fold, grp in history.groupby("fold"):
+        axes[0].plot(grp["epoch"], grp["train_loss"], label=f"fold {fold}")
+        axes[1].plot(grp["epoch"], grp[metric], label=f"fold {fold}")
+    axes[0].set(title="training loss", xlabel="epoch")
+    axes[1].set(title=f"validation {metric}", xlabel="epoch")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def save_history(history: pd.DataFrame, run_dir, metric: str) -> None:
+    save_csv(Path(run_dir) / "history.csv", history)
+    save_history_plot(history, Path(run_dir) / "curves.png", metric)
