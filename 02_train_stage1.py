@@ -92,7 +92,7 @@ def make_fold(cfg: CFG, prep, fold: int, mcfg: dict, device):
 
     stage.seed_everything(cfg.seed + fold)
     model = build_model(mcfg, cfg.pretrained_path).to(device)
-    return model, make_loader, step, len(rows)
+    return model, make_loader, step, set(rows["recording_id"])
 
 
 def main(cfg: CFG) -> dict:
@@ -109,9 +109,9 @@ def main(cfg: CFG) -> dict:
           f"folds {folds}", flush=True)
     results = []
     for fold in folds:
-        model, make_loader, step, n_rows = make_fold(cfg, prep, fold, mcfg, device)
-        print(f"fold {fold}: {n_rows} training crops per epoch", flush=True)
-        results.append(stage.run_fold(cfg, prep, fold, model, make_loader, step, run_dir, device))
+        model, make_loader, step, trained_on = make_fold(cfg, prep, fold, mcfg, device)
+        results.append(stage.run_fold(cfg, prep, fold, model, make_loader, step, run_dir, device,
+                                      trained_on))
     out = stage.finish_run(cfg, prep, "stage1", run_dir, results, mcfg, inputs, device, tic, cfg.loss)
     line = f"stage1 CV LWLRAP {out['cv_lwlrap']:.4f}  CV F1@0.5 {out['cv_f1']:.4f}"
     if "test_lwlrap" in out:

@@ -111,15 +111,16 @@ def load_override_file(path: str | os.PathLike, stage: str) -> tuple[dict, dict]
     return dict(data.get("all", {})), dict(data.get(stage, {}))
 
 
-def parse_cfg(cls, stage: str, argv: list[str] | None = None):
-    """Build `cls()` and apply the override file and `--key=value` arguments.
-
-    `argv` defaults to sys.argv[1:], or [] inside a notebook.
+def parse_cfg(cls, stage: str, argv: list[str] | None = None, defaults: dict | None = None):
+    """Build `cls()`, apply `defaults` (a stage's own defaults), then the override file, then
+    the `--key=value` arguments. `argv` defaults to sys.argv[1:], or [] inside a notebook.
     """
     if argv is None:
         argv = [] if in_notebook() else sys.argv[1:]
     cfg = cls()
     types = _field_types(cls)
+    for key, value in (defaults or {}).items():
+        _apply(cfg, key, value, types, "stage defaults")
     pairs = []
     for arg in argv:
         if not arg.startswith("--") or "=" not in arg:

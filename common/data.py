@@ -103,6 +103,13 @@ def crop_start(t_min: float, t_max: float, duration: float, crop: float, rng) ->
     return float(min(max(start, 0.0), max(duration - crop, 0.0)))
 
 
+def overlap_hit(t0, t1, start, end, min_overlap: float = 0.5):
+    """Whether events [t0, t1) overlap the window [start, end) by at least
+    min(min_overlap, half the event's length) seconds (arrays broadcast)."""
+    overlap = np.minimum(t1, end) - np.maximum(t0, start)
+    return overlap >= np.minimum(min_overlap, 0.5 * (np.asarray(t1) - np.asarray(t0))) - 1e-9
+
+
 def window_labels(events: pd.DataFrame, start: float, end: float, class_index: dict,
                   min_overlap: float = 0.5) -> np.ndarray:
     """Labels (K,) of a window from the annotation rows of its recording.
@@ -114,10 +121,8 @@ def window_labels(events: pd.DataFrame, start: float, end: float, class_index: d
     labels = np.zeros(len(class_index), dtype=np.float32)
     if events is None or len(events) == 0:
         return labels
-    t0, t1 = events["t_min"].to_numpy(), events["t_max"].to_numpy()
-    overlap = np.minimum(t1, end) - np.maximum(t0, start)
-    need = np.minimum(min_overlap, 0.5 * (t1 - t0))
-    hit = overlap >= need - 1e-9
+    hit = overlap_hit(events["t_min"].to_numpy(), events["t_max"].to_numpy(), start, end,
+                      min_overlap)
     for cls, lab in zip(events["class"].to_numpy()[hit], events["label"].to_numpy()[hit]):
         k = class_index[cls]
         labels[k] = 1.0 if lab > 0 or labels[k] > 0 else -1.0
@@ -125,17 +130,22 @@ def window_labels(events: pd.DataFrame, start: float, end: float, class_index: d
 
 
 class CropDataset(torch.utils.data.Dataset):
-    """One training crop per annotation row: (wave (crop_samples,), labels (K,) in {-1,0,1}).
+    """One training crop per anchor row: (wave (crop_samples,), labels (K,) in {-1,0,1}).
 
+    Labels come from `annotations` (TP +1, FP -1, else 0) and, when given, from `pseudo`
+    rows of the same table shape: label = clip(base + pseudo, -1, 1), so a pseudo positive
+    over an FP makes the entry unknown (0) and over nothing makes it +1 (recipe stage 3).
     The crop offset is random but reproducible: drawn from (seed, epoch, index), so results
     do not depend on the number of loader workers. Call `set_epoch` before each epoch.
     """
 
     def __init__(self, rows: pd.DataFrame, annotations: pd.DataFrame, cache, classes: list[str],
                  sample_rate: int, crop_seconds: float, durations: dict, seed: int = 0,
-                 min_overlap: float = 0.5):
+                 min_overlap: float = 0.5, pseudo: pd.DataFrame | None = None):
         self.rows = rows.reset_index(drop=True)
         self.by_rec = {rid: grp for rid, grp in annotations.groupby("recording_id")}
+        self.pseudo_by_rec = {} if pseudo is None else \
+            {rid: grp for rid, grp in pseudo.groupby("recording_id")}
         self.cache, self.sr, self.crop = cache, sample_rate, crop_seconds
         self.class_index = {c: i for i, c in enumerate(classes)}
         self.durations, self.seed, self.epoch = durations, seed, 0
@@ -156,4 +166,8 @@ class CropDataset(torch.utils.data.Dataset):
         wave = self.cache.crop(rid, int(round(start * self.sr)), n)
         labels = window_labels(self.by_rec.get(rid), start, start + self.crop,
                                self.class_index, self.min_overlap)
+        if rid in self.pseudo_by_rec:
+            labels = np.clip(labels + window_labels(self.pseudo_by_rec[rid], start,
+                                                    start + self.crop, self.class_index,
+                                                    self.min_overlap), -1, 1)
         return torch.from_numpy(wave), torch.from_numpy(labels)

@@ -29,14 +29,17 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 @torch.inference_mode()
 def predict_windows(model, cache, recording_ids, window: int, stride: int, batch_size: int = 64,
-                    device: str | torch.device = "cpu", progress: bool = False) -> list[np.ndarray]:
-    """Clip logits of every window: a list with one (n_windows_i, K) array per recording."""
+                    device: str | torch.device = "cpu", progress: bool = False,
+                    starts: list | None = None) -> list[np.ndarray]:
+    """Clip logits of every window: a list with one (n_windows_i, K) array per recording.
+    Windows start every `stride` samples, or at the given `starts[i]` of recording i."""
     from tqdm.auto import tqdm
 
     device = torch.device(device)
     model.eval()
-    jobs = [(i, rid, s) for i, rid in enumerate(recording_ids)
-            for s in window_starts(cache.length(rid), window, stride)]
+    if starts is None:
+        starts = [window_starts(cache.length(rid), window, stride) for rid in recording_ids]
+    jobs = [(i, rid, s) for i, rid in enumerate(recording_ids) for s in starts[i]]
     per_rec: list[list] = [[] for _ in recording_ids]
     bar = tqdm(range(0, len(jobs), batch_size), desc="infer", leave=False, disable=not progress)
     for b in bar:

@@ -50,6 +50,34 @@ def masked_focal_terms(logits: torch.Tensor, labels: torch.Tensor, gamma: float 
     return {"pos": pos, "neg": neg, "zero": zero}
 
 
+def masked_focal_loss(logits: torch.Tensor, labels: torch.Tensor, labels_b: torch.Tensor | None = None,
+                      lam: float = 1.0, gamma: float = 2.0, w_pos: float = 2.0, w_neg: float = 1.0,
+                      w_zero: float = 1.0, zero_target: float = 0.45,
+                      mix_negative: bool = False) -> torch.Tensor:
+    """Stage-2/3 loss: (w_pos * pos + w_neg * neg + w_zero * zero) summed over classes,
+    averaged over the batch.
+
+    With last-layer mixup the logits are of mixed features `lam * a + (1 - lam) * b`; then
+    the positive and zero terms are mixed by lam: lam * T(labels) + (1 - lam) * T(labels_b).
+    The negative term is not mixed (recipe): a class marked absent (-1) in one component
+    stays absent in the mix unless the other component has it present, so each component's
+    negatives count in full where the other component is not +1. `mix_negative=True` mixes
+    the negative term by lam like the others instead.
+    """
+    ta = masked_focal_terms(logits, labels, gamma, zero_target)
+    if labels_b is None:
+        total = w_pos * ta["pos"] + w_neg * ta["neg"] + w_zero * ta["zero"]
+        return total.sum(dim=1).mean()
+    tb = masked_focal_terms(logits, labels_b, gamma, zero_target)
+    mixed = lam * (w_pos * ta["pos"] + w_zero * ta["zero"]) \
+        + (1 - lam) * (w_pos * tb["pos"] + w_zero * tb["zero"])
+    if mix_negative:
+        neg = lam * ta["neg"] + (1 - lam) * tb["neg"]
+    else:
+        neg = ta["neg"] * (labels_b <= 0.5) + tb["neg"] * (labels <= 0.5)
+    return (mixed + w_neg * neg).sum(dim=1).mean()
+
+
 LOSSES = {"lsep": lsep_loss, "bce": bce_loss}
 
 

@@ -66,8 +66,11 @@ def windows(cfg, sample_rate: int) -> tuple[int, int]:
     return window, stride
 
 
-def run_fold(cfg, prep, fold: int, model, make_loader, step, run_dir: Path, device) -> dict:
-    """Train one fold; returns its history, best row and the OOF scores of the best epoch."""
+def run_fold(cfg, prep, fold: int, model, make_loader, step, run_dir: Path, device,
+             trained_on: set) -> dict:
+    """Train one fold; returns its history, best row and the OOF scores of the best epoch.
+    `trained_on` (the recordings the fold's training crops come from) is recorded in
+    trained_on.csv, so pseudo labelling can use only models that never saw a recording."""
     _, val = prep_split(prep, fold)
     val_ids = sorted(val)
     truth = prep.tp_matrix(val_ids)
@@ -89,7 +92,10 @@ def run_fold(cfg, prep, fold: int, model, make_loader, step, run_dir: Path, devi
                         t_max=cfg.t_max, device=device, metric="val_lwlrap", ckpt_fn=save_best,
                         amp=cfg.amp, desc=f"fold {fold}")
     history.insert(0, "fold", fold)
-    return {"history": history, "best": best, "val_ids": val_ids, "oof": holder["best"]}
+    if set(trained_on) & set(val_ids):
+        raise RuntimeError(f"fold {fold}: a validation recording is in its training data")
+    return {"history": history, "best": best, "val_ids": val_ids, "oof": holder["best"],
+            "trained_on": sorted(trained_on)}
 
 
 def prep_split(prep, fold: int):
@@ -128,6 +134,9 @@ def finish_run(cfg, prep, stage: str, run_dir: Path, fold_results: list, mcfg: d
     oof = np.concatenate([r["oof"] for r in fold_results])
     truth = prep.tp_matrix(oof_ids)
     runs.save_csv(run_dir / "oof.csv", score_frame(oof_ids, oof, prep.classes))
+    runs.save_csv(run_dir / "trained_on.csv", pd.DataFrame(
+        [(int(f), rid) for f, r in zip(folds, fold_results) for rid in r["trained_on"]],
+        columns=["fold", "recording_id"]))
     history = pd.concat([r["history"] for r in fold_results], ignore_index=True)
     save_history(history, run_dir, "val_lwlrap")
     result = {"cv_lwlrap": metrics.lwlrap(truth, oof),
@@ -157,7 +166,7 @@ def finish_run(cfg, prep, stage: str, run_dir: Path, fold_results: list, mcfg: d
                                       "test_prevalence_baseline", "seconds") if k in result}
     runs.update_summary(cfg.work_dir, stage, {**summary, "tag": run_dir.name})
     runs.write_manifest(run_dir, stage, _plain(cfg), inputs,
-                        [f"fold{f}.pth" for f in folds] + ["oof.csv", "test_pred.csv",
+                        [f"fold{f}.pth" for f in folds] + ["oof.csv", "test_pred.csv", "trained_on.csv",
                                                            "history.csv", "curves.png", "metrics.json"],
                         result, finished=True)
     return result

@@ -31,7 +31,7 @@ def train_epoch(model, loader, step, optimizer, device, amp: str = "none",
     """One pass over `loader`; returns the mean loss."""
     model.train()
     total, count = 0.0, 0
-    bar = tqdm(loader, desc=desc, leave=False)
+    bar = tqdm(loader, desc=desc, leave=False, disable=None)  # None: no bar when not a tty
     for batch in bar:
         batch = [b.to(device, non_blocking=True) for b in batch]
         with autocast(device, amp):

@@ -1,0 +1,179 @@
+"""Pseudo labels: fold models vote on overlapping windows of every train and test recording.
+
+Each recording is cut into `windows_per_minute` overlapping windows per 60 s (8 by default,
+as the recipe), each as long as the models' training crop. A (window, species) is a pseudo
+positive where at least `min_votes` of the fold models give p >= `threshold`. A model never
+votes on a recording it trained on (its run's trained_on.csv), so a train recording is voted
+on by the one fold model that held it out; the votes needed scale with the models allowed:
+ceil(min_votes * allowed / n_folds). Pseudo negatives (every allowed model below
+`neg_threshold`) are optional and off by default (the recipe found they hurt).
+
+Reads  the fold checkpoints of a stage-1/2/3 run (--source=stage2 --source_tag=latest).
+Writes WORK_DIR/pseudo/<tag>/: pseudo_labels.csv (recording_id, window, t_start, t_end,
+       class, score, votes, n_models, label), summary.json, manifest.json; pseudo.* figures
+       in WORK_DIR/summary.json.
+
+Examples:
+    python 03_pseudo_label.py --cfg_file=profiles/demo.json
+    python 03_pseudo_label.py --source=stage1 --min_votes=2 --threshold=0.6
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from common import metrics, paths, runs
+from common.cli import ConfigError, cfg_dict, parse_cfg
+from common.data import overlap_hit
+from common.infer import predict_windows, resolve_device
+from common.prepared import load_prepared
+from common.sed import load_checkpoint
+
+
+@dataclass
+class CFG:
+    input_dir: str = field(default_factory=paths.default_input_dir)  # for test_truth.csv (demo)
+    work_dir: str = field(default_factory=paths.default_work_dir)
+    source: str = "stage2"         # stage whose fold models vote: stage1 | stage2 | stage3
+    source_tag: str = "latest"
+    tag: str = ""
+    windows_per_minute: int = 8    # overlapping windows per 60 s of recording
+    threshold: float = 0.5         # a vote: p >= threshold
+    min_votes: int = 3             # votes needed when all n_folds models may vote
+    pseudo_negatives: bool = False
+    neg_threshold: float = 0.05    # pseudo negative: every allowed model below this
+    min_overlap: float = 0.5       # s, to match a pseudo window with a TP/FP box (summary)
+    infer_batch: int = 64
+    device: str = "auto"
+
+
+def window_plan(duration: float, window_s: float, per_minute: int) -> np.ndarray:
+    """Window starts (s): round(per_minute * duration / 60) windows, evenly spaced."""
+    n = max(1, int(round(per_minute * duration / 60.0)))
+    return np.linspace(0.0, max(duration - window_s, 0.0), n)
+
+
+def eligible_folds(rid: str, folds: list, seen: dict) -> list:
+    """Folds whose model never trained on recording `rid`."""
+    return [f for f in folds if rid not in seen[f]]
+
+
+def vote(probs: np.ndarray, threshold: float, min_votes: int, n_folds: int) -> tuple:
+    """probs (M, W, K) of M allowed models -> (positive (W, K) bool, votes (W, K))."""
+    votes = (probs >= threshold).sum(axis=0)
+    needed = math.ceil(min_votes * probs.shape[0] / n_folds)
+    return votes >= needed, votes
+
+
+def predict_all(cfg, src_dir, folds, prep, plan, seen, window, device) -> dict:
+    """{recording_id: (M, W, K) probabilities of the allowed fold models}."""
+    out = {rid: [] for rid in plan}
+    for fold in folds:
+        ids = [rid for rid in plan if rid not in seen[fold]]
+        model, _ = load_checkpoint(src_dir / f"fold{fold}.pth", device)
+        starts = [[int(round(s * prep.sample_rate)) for s in plan[rid]] for rid in ids]
+        logits = predict_windows(model, prep.cache, ids, window, window, cfg.infer_batch,
+                                 device, progress=True, starts=starts)
+        for rid, lg in zip(ids, logits):
+            out[rid].append(1.0 / (1.0 + np.exp(-lg)))
+    return {rid: np.stack(p) for rid, p in out.items() if p}
+
+
+def build_table(cfg, prep, plan, probs, window_s, n_folds) -> pd.DataFrame:
+    rows = []
+    for rid, p in probs.items():
+        pos, votes = vote(p, cfg.threshold, cfg.min_votes, n_folds)
+        neg = (p < cfg.neg_threshold).all(axis=0) if cfg.pseudo_negatives else np.zeros_like(pos)
+        score = p.mean(axis=0)
+        for w, k in zip(*np.nonzero(pos | neg)):
+            start = float(plan[rid][w])
+            rows.append((rid, int(w), round(start, 3), round(start + window_s, 3),
+                         prep.classes[k], float(score[w, k]), int(votes[w, k]), p.shape[0],
+                         1 if pos[w, k] else -1))
+    return pd.DataFrame(rows, columns=["recording_id", "window", "t_start", "t_end", "class",
+                                       "score", "votes", "n_models", "label"])
+
+
+def agreement(table: pd.DataFrame, ann: pd.DataFrame, label: int, min_overlap: float, ids) -> float:
+    """Fraction of annotation rows with `label` (on recordings that got votes) covered by a
+    pseudo positive of the same class: recall against TP, false-positive rate against FP."""
+    rows = ann[(ann["label"] == label) & ann["recording_id"].isin(ids)]
+    pos = table[table["label"] > 0]
+    by_key = {key: grp for key, grp in pos.groupby(["recording_id", "class"])}
+    hits = 0
+    for rid, cls, t0, t1 in rows[["recording_id", "class", "t_min", "t_max"]].itertuples(index=False):
+        grp = by_key.get((rid, cls))
+        if grp is not None and overlap_hit(t0, t1, grp["t_start"].to_numpy(),
+                                           grp["t_end"].to_numpy(), min_overlap).any():
+            hits += 1
+    return hits / max(len(rows), 1)
+
+
+def summarise(cfg, prep, table, probs, plan) -> dict:
+    pos = table[table["label"] > 0]
+    voted = set(probs)
+    out = {"positives": int(len(pos)), "negatives": int((table["label"] < 0).sum()),
+           "recordings_voted": len(voted), "recordings_without_model": len(set(plan) - voted),
+           "recall_vs_tp": agreement(table, prep.annotations, 1, cfg.min_overlap, voted),
+           "fp_rate_vs_fp": agreement(table, prep.annotations, -1, cfg.min_overlap, voted),
+           "positives_per_class": {c: int((pos["class"] == c).sum()) for c in prep.classes}}
+    found = prep.test_truth(cfg.input_dir)
+    if found is not None:  # demo: recording-level quality of the test pseudo positives
+        ids, truth = found
+        pred = np.zeros_like(truth)
+        index = {c: i for i, c in enumerate(prep.classes)}
+        row = {rid: i for i, rid in enumerate(ids)}
+        for rid, cls in zip(pos["recording_id"], pos["class"]):
+            if rid in row:
+                pred[row[rid], index[cls]] = 1
+        out["test_recording_f1"] = metrics.f1_at(truth, pred, 0.5)
+    return out
+
+
+def main(cfg: CFG) -> dict:
+    tic = time.time()
+    device = resolve_device(cfg.device)
+    src_dir = runs.find_run(cfg.work_dir, cfg.source, cfg.source_tag)
+    manifest = runs.read_manifest(src_dir)
+    prep = load_prepared(cfg.work_dir, manifest["inputs"]["preprocess"])
+    folds = manifest["metrics"]["folds"]
+    n_folds = int(prep.folds["fold"].max()) + 1
+    if cfg.min_votes > len(folds):
+        raise ConfigError(f"min_votes={cfg.min_votes} but {src_dir} has {len(folds)} fold models")
+    trained = pd.read_csv(src_dir / "trained_on.csv", dtype={"recording_id": str})
+    seen = {f: set(trained.loc[trained["fold"] == f, "recording_id"]) for f in folds}
+    _, ckpt = load_checkpoint(src_dir / f"fold{folds[0]}.pth")
+    window_s = float(ckpt["model_cfg"]["crop_seconds"])
+    window = int(round(window_s * prep.sample_rate))
+    durations = prep.durations
+    plan = {rid: window_plan(durations[rid], window_s, cfg.windows_per_minute)
+            for rid in prep.ids("train") + prep.ids("test")}
+    run_dir = runs.start_run(cfg.work_dir, "pseudo", cfg.tag)
+    inputs = {"preprocess": prep.run_dir.name, "source": f"{cfg.source}/{src_dir.name}"}
+    runs.write_manifest(run_dir, "pseudo", cfg_dict(cfg), inputs, [], {}, finished=False)
+    probs = predict_all(cfg, src_dir, folds, prep, plan, seen, window, device)
+    table = build_table(cfg, prep, plan, probs, window_s, n_folds)
+    runs.save_csv(run_dir / "pseudo_labels.csv", table)
+    summary = summarise(cfg, prep, table, probs, plan)
+    summary["seconds"] = round(time.time() - tic, 1)
+    runs.save_json(run_dir / "summary.json", summary)
+    runs.write_manifest(run_dir, "pseudo", cfg_dict(cfg), inputs,
+                        ["pseudo_labels.csv", "summary.json"], summary, finished=True)
+    headline = {k: summary[k] for k in ("positives", "negatives", "recall_vs_tp",
+                                         "fp_rate_vs_fp", "seconds")}
+    runs.update_summary(cfg.work_dir, "pseudo", {**headline, "tag": run_dir.name})
+    print(f"pseudo {run_dir.name}: {summary['positives']} positive windows from "
+          f"{cfg.source}/{src_dir.name}; recall vs TP {summary['recall_vs_tp']:.3f}, "
+          f"FP rate vs FP {summary['fp_rate_vs_fp']:.3f} [{summary['seconds']:.0f}s]", flush=True)
+    return summary
+
+
+if __name__ == "__main__":
+    try:
+        main(parse_cfg(CFG, "pseudo"))
+    except ConfigError as err:
+        raise SystemExit(f"error: {err}")

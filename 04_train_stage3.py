@@ -1,0 +1,188 @@
+"""Stages 2 and 3: fine-tune each fold's model on TP + FP (+ pseudo) labels.
+
+Stage 2 (`--stage=stage2`): TP/FP rows, positive focal + negative BCE terms, no pseudo
+labels, no zero term, no mixup; its models make the pseudo labels (03_pseudo_label.py).
+Stage 3 (default): TP/FP rows plus pseudo-positive windows, label = min(base + pseudo, 1),
+2 x positive focal + negative + zero term (BCE against 0.45 on unknown entries), last-layer
+mixup. Both use the TwoStream sampler (8 TP + 8 FP rows per batch) for 5 epochs.
+
+Reads  the fold checkpoints of an earlier run (--init_from=stage1 --init=latest; a later
+       pseudo-label round starts from --init_from=stage3), WORK_DIR/pseudo/<tag>/ (stage 3),
+       and the preprocessing run the initial run used.
+Writes WORK_DIR/<stage>/<tag>/ shaped like stage 1 (fold{k}.pth, oof.csv, test_pred.csv,
+       history.csv, curves.png, metrics.json, trained_on.csv, manifest.json), a row of the
+       experiments table and <stage>.* figures in summary.json.
+
+Examples:
+    python 04_train_stage3.py --stage=stage2 --cfg_file=profiles/demo.json
+    python 04_train_stage3.py --cfg_file=profiles/demo.json            # stage 3, latest pseudo
+    python 04_train_stage3.py --init_from=stage3 --pseudo=latest --memo="round 2"
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from common import paths, runs, stage
+from common.cli import ConfigError, cfg_dict, parse_cfg
+from common.data import CropDataset, split_fold
+from common.infer import resolve_device
+from common.losses import masked_focal_loss
+from common.prepared import load_prepared
+from common.sampling import TwoStreamSampler
+from common.sed import load_checkpoint
+
+STAGE2_DEFAULTS = {"pseudo": "", "w_zero": 0.0, "mixup": False}
+
+
+@dataclass
+class CFG:
+    input_dir: str = field(default_factory=paths.default_input_dir)  # for test_truth.csv (demo)
+    work_dir: str = field(default_factory=paths.default_work_dir)
+    stage: str = "stage3"          # stage3 | stage2 (stage2 switches pseudo, zero term, mixup off)
+    init_from: str = "stage1"      # stage whose fold checkpoints we start from
+    init: str = "latest"           # that run's tag
+    pseudo: str = "latest"         # pseudo-label run tag; "" = no pseudo labels
+    tag: str = ""
+    memo: str = ""
+    # sampler
+    tp_per_batch: int = 8          # TP-stream rows per batch (TP rows, plus pseudo windows)
+    fp_per_batch: int = 8          # FP rows per batch
+    pseudo_in_tp_stream: bool = True  # pseudo-positive windows also anchor crops
+    # loss (common.losses.masked_focal_loss)
+    gamma: float = 2.0             # focal exponent of the positive term
+    w_pos: float = 2.0
+    w_neg: float = 1.0
+    w_zero: float = 1.0            # unknown entries; 0 turns the term off (stage 2)
+    zero_target: float = 0.45      # "zero label smoothing"
+    mixup: bool = True             # last-layer mixup on the encoder feature map
+    mixup_alpha: float = 1.0       # lambda ~ Beta(alpha, alpha)
+    mix_negative: bool = False     # also mix the negative term by lambda
+    # schedule
+    epochs: int = 5
+    lr: float = 1e-3
+    t_max: int = 10
+    min_overlap: float = 0.5
+    folds: list[int] = field(default_factory=list)
+    crop_seconds: float = 0.0      # 0 = the initial checkpoint's crop length
+    val_stride_seconds: float = 0.0
+    infer_batch: int = 64
+    num_workers: int = 0
+    device: str = "auto"
+    amp: str = "none"
+    seed: int = 42
+
+    @property
+    def batch_size(self) -> int:
+        return self.tp_per_batch + self.fp_per_batch
+
+
+def load_pseudo(cfg: CFG) -> tuple[pd.DataFrame | None, str]:
+    """Pseudo rows as annotation-table rows (class, t_min, t_max, label), or None."""
+    if not cfg.pseudo:
+        return None, ""
+    run_dir = runs.find_run(cfg.work_dir, "pseudo", cfg.pseudo)
+    table = pd.read_csv(run_dir / "pseudo_labels.csv", dtype={"recording_id": str})
+    table = table.rename(columns={"t_start": "t_min", "t_end": "t_max"})
+    return table[["recording_id", "class", "t_min", "t_max", "label"]], run_dir.name
+
+
+def make_fold(cfg: CFG, prep, fold: int, init_dir, pseudo, device):
+    train_ids, val_ids = split_fold(prep.folds, fold)
+    ann = prep.annotations[prep.annotations["recording_id"].isin(train_ids)]
+    tp_rows = ann[ann["label"] > 0]
+    fp_rows = ann[ann["label"] < 0]
+    fold_pseudo = None
+    if pseudo is not None:  # never train on the fold's validation recordings, pseudo or not
+        fold_pseudo = pseudo[~pseudo["recording_id"].isin(val_ids)]
+        if cfg.pseudo_in_tp_stream:
+            tp_rows = pd.concat([tp_rows, fold_pseudo[fold_pseudo["label"] > 0]], ignore_index=True)
+    rows = pd.concat([tp_rows, fp_rows], ignore_index=True)
+    dataset = CropDataset(rows, ann, prep.cache, prep.classes, prep.sample_rate, cfg.crop_seconds,
+                          prep.durations, seed=cfg.seed + fold, min_overlap=cfg.min_overlap,
+                          pseudo=fold_pseudo)
+    sampler = TwoStreamSampler(len(tp_rows), len(fp_rows), cfg.tp_per_batch, cfg.fp_per_batch,
+                               seed=cfg.seed + fold)
+
+    def make_loader(epoch):
+        dataset.set_epoch(epoch)
+        sampler.set_epoch(epoch)
+        return torch.utils.data.DataLoader(dataset, batch_sampler=sampler,
+                                           num_workers=cfg.num_workers,
+                                           pin_memory=device.type == "cuda")
+
+    rng = np.random.default_rng([cfg.seed, fold, 7])  # mixup draws, reproducible per fold
+
+    def step(model, batch):
+        wave, labels = batch
+        if not cfg.mixup:
+            return masked_focal_loss(model(wave)["clip_logit"].float(), labels, **loss_kw(cfg))
+        perm = torch.from_numpy(rng.permutation(len(wave))).to(wave.device)
+        lam = float(rng.beta(cfg.mixup_alpha, cfg.mixup_alpha))
+        logits = model(wave, mix=(perm, lam))["clip_logit"].float()
+        return masked_focal_loss(logits, labels, labels[perm], lam, **loss_kw(cfg))
+
+    model, _ = load_checkpoint(init_dir / f"fold{fold}.pth", device)
+    init_seen = pd.read_csv(init_dir / "trained_on.csv", dtype={"recording_id": str})
+    trained_on = set(rows["recording_id"]) | set(init_seen.loc[init_seen["fold"] == fold, "recording_id"])
+    return model, make_loader, step, trained_on
+
+
+def loss_kw(cfg: CFG) -> dict:
+    return {"gamma": cfg.gamma, "w_pos": cfg.w_pos, "w_neg": cfg.w_neg, "w_zero": cfg.w_zero,
+            "zero_target": cfg.zero_target, "mix_negative": cfg.mix_negative}
+
+
+def main(cfg: CFG) -> dict:
+    tic = time.time()
+    device = resolve_device(cfg.device)
+    init_dir = runs.find_run(cfg.work_dir, cfg.init_from, cfg.init)
+    init_manifest = runs.read_manifest(init_dir)
+    prep = load_prepared(cfg.work_dir, init_manifest["inputs"]["preprocess"])
+    _, first = load_checkpoint(init_dir / f"fold{init_manifest['metrics']['folds'][0]}.pth")
+    mcfg = first["model_cfg"]
+    cfg.crop_seconds = cfg.crop_seconds or mcfg["crop_seconds"]
+    folds = stage.fold_list(cfg.folds or init_manifest["metrics"]["folds"],
+                            int(prep.folds["fold"].max()) + 1)
+    pseudo, pseudo_tag = load_pseudo(cfg)
+    run_dir = runs.start_run(cfg.work_dir, cfg.stage, cfg.tag)
+    inputs = {"preprocess": prep.run_dir.name, "init": f"{cfg.init_from}/{init_dir.name}",
+              "pseudo": pseudo_tag}
+    runs.write_manifest(run_dir, cfg.stage, cfg_dict(cfg), inputs, [], {}, finished=False)
+    n_pseudo = 0 if pseudo is None else int((pseudo["label"] > 0).sum())
+    print(f"{cfg.stage} {run_dir.name}: from {cfg.init_from}/{init_dir.name}, "
+          f"{n_pseudo} pseudo-positive windows, folds {folds}", flush=True)
+    results = []
+    for fold in folds:
+        model, make_loader, step, trained_on = make_fold(cfg, prep, fold, init_dir, pseudo, device)
+        results.append(stage.run_fold(cfg, prep, fold, model, make_loader, step, run_dir, device,
+                                      trained_on))
+    out = stage.finish_run(cfg, prep, cfg.stage, run_dir, results, mcfg, inputs, device, tic,
+                           "focal" + ("+mixup" if cfg.mixup else ""))
+    line = f"{cfg.stage} CV LWLRAP {out['cv_lwlrap']:.4f}  CV F1@0.5 {out['cv_f1']:.4f}"
+    if "test_lwlrap" in out:
+        line += f"  | demo test LWLRAP {out['test_lwlrap']:.4f}"
+    print(f"{line}  [{out['seconds']:.0f}s] -> {run_dir}", flush=True)
+    return out
+
+
+def stage_of(argv: list[str]) -> str:
+    for arg in argv:
+        if arg.startswith("--stage="):
+            return arg.split("=", 1)[1]
+    return "stage3"
+
+
+if __name__ == "__main__":
+    try:
+        name = stage_of(sys.argv[1:])
+        if name not in ("stage2", "stage3"):
+            raise ConfigError(f"--stage={name}: choose stage2 or stage3")
+        main(parse_cfg(CFG, name, defaults=STAGE2_DEFAULTS if name == "stage2" else None))
+    except ConfigError as err:
+        raise SystemExit(f"error: {err}")

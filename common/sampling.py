@@ -1,0 +1,54 @@
+"""The TwoStream batch sampler of the recipe's stages 2 and 3.
+
+Every batch holds `tp_per_batch` rows of the TP stream and `fp_per_batch` rows of the FP
+stream. TP rows are permuted each epoch; FP rows come from an endless stream of reshuffled
+permutations that continues across epochs. An epoch is #TP // tp_per_batch batches.
+Everything is a pure function of (seed, epoch), so a run is reproducible and resumable.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def endless_slice(n: int, start: int, count: int, seed: int) -> np.ndarray:
+    """Items [start, start + count) of the concatenation of permutations perm_0, perm_1, ...
+    of range(n), where perm_j is drawn from (seed, j)."""
+    out = np.empty(count, dtype=np.int64)
+    pos = 0
+    while pos < count:
+        j, offset = divmod(start + pos, n)
+        perm = np.random.default_rng([seed, j]).permutation(n)
+        take = min(count - pos, n - offset)
+        out[pos:pos + take] = perm[offset:offset + take]
+        pos += take
+    return out
+
+
+class TwoStreamSampler(torch.utils.data.Sampler):
+    """Yields lists of dataset indices: TP rows are 0..n_tp-1, FP rows n_tp..n_tp+n_fp-1."""
+
+    def __init__(self, n_tp: int, n_fp: int, tp_per_batch: int, fp_per_batch: int, seed: int = 0):
+        if n_tp < tp_per_batch or tp_per_batch < 1:
+            raise ValueError(f"{n_tp} TP rows cannot fill batches of {tp_per_batch} TP rows")
+        self.n_tp, self.n_fp = n_tp, n_fp
+        self.tp_per_batch = tp_per_batch
+        self.fp_per_batch = fp_per_batch if n_fp > 0 else 0
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n_tp // self.tp_per_batch
+
+    def __iter__(self):
+        n_batches = len(self)
+        tp = np.random.default_rng([self.seed, 1_000_003, self.epoch]).permutation(self.n_tp)
+        fp_count = n_batches * self.fp_per_batch
+        fp = endless_slice(self.n_fp, self.epoch * fp_count, fp_count, self.seed) + self.n_tp \
+            if fp_count else np.empty(0, dtype=np.int64)
+        for b in range(n_batches):
+            tp_part = tp[b * self.tp_per_batch:(b + 1) * self.tp_per_batch]
+            fp_part = fp[b * self.fp_per_batch:(b + 1) * self.fp_per_batch]
+            yield [int(i) for i in np.concatenate([tp_part, fp_part])]
