@@ -8,7 +8,7 @@ WORK_DIR ?= work
 PROFILE ?= profiles/demo.json
 ARGS := --cfg_file=$(PROFILE) --input_dir=$(INPUT_DIR) --work_dir=$(WORK_DIR)
 
-.PHONY: install demo test clean
+.PHONY: install demo rounds test clean
 
 install: $(VENV)/.installed
 
@@ -22,7 +22,19 @@ demo: install
 	@start=$$(date +%s); \
 	$(PYTHON) 01_preprocess.py $(ARGS) && \
 	$(PYTHON) 02_train_stage1.py $(ARGS) && \
+	$(PYTHON) 04_train_stage3.py --stage=stage2 $(ARGS) && \
+	$(PYTHON) 03_pseudo_label.py --source=stage2 $(ARGS) && \
+	$(PYTHON) 04_train_stage3.py --stage=stage3 $(ARGS) --memo="round 1" && \
 	$(PYTHON) -m common.report --work_dir=$(WORK_DIR) --seconds=$$(( $$(date +%s) - start ))
+
+# More pseudo-label rounds after `make demo`: each round labels with the latest stage-3
+# models and fine-tunes them further (make rounds ROUNDS=2).
+ROUNDS ?= 1
+rounds: install
+	@for r in $$(seq 2 $$(( $(ROUNDS) + 1 ))); do \
+	  $(PYTHON) 03_pseudo_label.py --source=stage3 $(ARGS) && \
+	  $(PYTHON) 04_train_stage3.py --stage=stage3 --init_from=stage3 $(ARGS) --memo="round $$r" || exit 1; \
+	done; $(PYTHON) -m common.report --work_dir=$(WORK_DIR)
 
 test: install
 	$(PYTHON) -m pytest -q tests

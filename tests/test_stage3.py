@@ -1,0 +1,193 @@
+"""Stage 2/3 pieces: label assembly with pseudo labels, the TwoStream sampler, the masked
+focal loss and its mixup rule, and pseudo-label voting that never uses a model on a
+recording it trained on."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from common.data import CropDataset, window_labels
+from common.losses import masked_focal_loss, masked_focal_terms
+from common.sampling import TwoStreamSampler, endless_slice
+
+LN2 = math.log(2.0)
+CLASSES = ["s0", "s1", "s2"]
+INDEX = {c: i for i, c in enumerate(CLASSES)}
+
+
+class ArrayCache:
+    def __init__(self, waves):
+        self.waves = waves
+
+    def length(self, rid):
+        return len(self.waves[rid])
+
+    def crop(self, rid, start, length):
+        out = np.zeros(length, dtype=np.float32)
+        piece = self.waves[rid][start:start + length]
+        out[:len(piece)] = piece
+        return out
+
+
+def ann(rows):
+    return pd.DataFrame(rows, columns=["recording_id", "class", "t_min", "t_max", "label"])
+
+
+# ----------------------------------------------------------------------------- labels
+def test_window_labels_tp_fp_unknown():
+    events = ann([("r", "s0", 1.0, 2.0, 1), ("r", "s1", 1.5, 2.5, -1), ("r", "s2", 8.0, 9.0, 1)])
+    labels = window_labels(events, 0.0, 5.0, INDEX)
+    assert labels.tolist() == [1.0, -1.0, 0.0]  # s2 lies outside the window: unknown
+
+
+def test_pseudo_positive_over_fp_becomes_unknown_and_over_nothing_positive():
+    base = ann([("r", "s0", 1.0, 2.0, 1), ("r", "s1", 1.0, 2.0, -1)])
+    pseudo = ann([("r", "s1", 0.0, 5.0, 1), ("r", "s2", 0.0, 5.0, 1), ("r", "s0", 0.0, 5.0, 1)])
+    cache = ArrayCache({"r": np.zeros(10 * 100, dtype=np.float32)})
+    rows = pd.DataFrame({"recording_id": ["r"], "t_min": [1.0], "t_max": [2.0]})
+    ds = CropDataset(rows, base, cache, CLASSES, 100, 5.0, {"r": 10.0}, pseudo=pseudo)
+    ds_plain = CropDataset(rows, base, cache, CLASSES, 100, 5.0, {"r": 10.0})
+    _, with_pseudo = ds[0]
+    _, without = ds_plain[0]
+    assert without.tolist() == [1.0, -1.0, 0.0]
+    # min(base + pseudo, 1): TP+pseudo -> 1, FP+pseudo -> 0 (unknown), unknown+pseudo -> 1
+    assert with_pseudo.tolist() == [1.0, 0.0, 1.0]
+
+
+# ----------------------------------------------------------------------------- sampler
+def test_two_stream_sampler_counts_and_epoch_length():
+    n_tp, n_fp = 21, 50
+    sampler = TwoStreamSampler(n_tp, n_fp, tp_per_batch=4, fp_per_batch=3, seed=1)
+    assert len(sampler) == 21 // 4
+    seen_fp = []
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert len(batches) == 5
+        tp_in_epoch = []
+        for batch in batches:
+            tp = [i for i in batch if i < n_tp]
+            fp = [i for i in batch if i >= n_tp]
+            assert len(tp) == 4 and len(fp) == 3
+            assert all(n_tp <= i < n_tp + n_fp for i in fp)
+            tp_in_epoch += tp
+            seen_fp += fp
+        assert len(set(tp_in_epoch)) == 20  # a permutation: no TP row twice in an epoch
+    # the FP stream continues across epochs: 45 draws from 50 rows, none repeated yet
+    assert len(seen_fp) == 45 and len(set(seen_fp)) == 45
+
+
+def test_two_stream_sampler_tp_permuted_each_epoch_and_reproducible():
+    a = TwoStreamSampler(40, 10, 8, 8, seed=3)
+    b = TwoStreamSampler(40, 10, 8, 8, seed=3)
+    a.set_epoch(0)
+    first = list(a)
+    a.set_epoch(1)
+    second = list(a)
+    b.set_epoch(1)
+    assert list(b) == second
+    assert [i for bt in first for i in bt if i < 40] != [i for bt in second for i in bt if i < 40]
+
+
+def test_endless_stream_reshuffles_after_each_pass():
+    draws = endless_slice(5, 0, 15, seed=0)
+    for k in range(3):
+        assert sorted(draws[5 * k:5 * k + 5].tolist()) == [0, 1, 2, 3, 4]
+    assert np.array_equal(endless_slice(5, 7, 4, seed=0), draws[7:11])
+
+
+def test_sampler_without_fp_rows_gives_tp_only_batches():
+    sampler = TwoStreamSampler(10, 0, 4, 4)
+    assert all(len(b) == 4 and max(b) < 10 for b in sampler)
+
+
+# ----------------------------------------------------------------------------- loss
+def test_masked_focal_terms_hand_computed():
+    z = torch.zeros(1, 3)
+    terms = masked_focal_terms(z, torch.tensor([[1.0, -1.0, 0.0]]), gamma=2.0, zero_target=0.45)
+    assert terms["pos"].tolist()[0] == pytest.approx([LN2 * 0.25, 0, 0], abs=1e-6)
+    assert terms["neg"].tolist()[0] == pytest.approx([0, LN2, 0], abs=1e-6)
+    assert terms["zero"].tolist()[0] == pytest.approx([0, 0, LN2], abs=1e-6)
+    z = torch.tensor([[2.0, 2.0, 2.0]])
+    p = 1 / (1 + math.exp(-2.0))
+    terms = masked_focal_terms(z, torch.tensor([[1.0, -1.0, 0.0]]), gamma=2.0, zero_target=0.45)
+    assert terms["pos"][0, 0].item() == pytest.approx(-math.log(p) * (1 - p) ** 2, rel=1e-5)
+    assert terms["neg"][0, 1].item() == pytest.approx(-math.log(1 - p), rel=1e-5)
+    assert terms["zero"][0, 2].item() == pytest.approx(
+        -(0.45 * math.log(p) + 0.55 * math.log(1 - p)), rel=1e-5)
+
+
+def test_masked_focal_loss_weights_and_stage2_zero_off():
+    z = torch.zeros(1, 3)
+    y = torch.tensor([[1.0, -1.0, 0.0]])
+    assert masked_focal_loss(z, y).item() == pytest.approx(2 * 0.25 * LN2 + LN2 + LN2, rel=1e-5)
+    assert masked_focal_loss(z, y, w_zero=0.0).item() == pytest.approx(0.5 * LN2 + LN2, rel=1e-5)
+
+
+def test_mixup_rule_positive_and_zero_mixed_negative_not():
+    z = torch.zeros(1, 3)
+    a = torch.tensor([[-1.0, 0.0, 0.0]])
+    b = torch.tensor([[0.0, 0.0, 0.0]])
+    lam = 0.25
+    # neg of a counts fully (b is not positive there); zero terms: 2 in a, 3 in b, mixed
+    expected = LN2 * (1 + lam * 2 + (1 - lam) * 3)
+    assert masked_focal_loss(z, a, b, lam).item() == pytest.approx(expected, rel=1e-5)
+    # switch: the negative term mixed by lambda as well
+    expected_mixed = LN2 * (lam * 1 + lam * 2 + (1 - lam) * 3)
+    assert masked_focal_loss(z, a, b, lam, mix_negative=True).item() == \
+        pytest.approx(expected_mixed, rel=1e-5)
+    # a class absent in one component but present in the other is not pushed down
+    a2 = torch.tensor([[1.0, -1.0, 0.0]])
+    b2 = torch.tensor([[-1.0, 1.0, 0.0]])
+    lam = 0.3
+    expected2 = lam * (2 * 0.25 * LN2 + LN2) + (1 - lam) * (2 * 0.25 * LN2 + LN2)
+    assert masked_focal_loss(z, a2, b2, lam).item() == pytest.approx(expected2, rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- pseudo labels
+def test_vote_scales_with_allowed_models(scripts):
+    pl = scripts("03_pseudo_label")
+    probs = np.array([[[0.9, 0.1]], [[0.6, 0.7]], [[0.2, 0.8]], [[0.7, 0.1]], [[0.1, 0.1]]])
+    pos, votes = pl.vote(probs, 0.5, 3, 5)
+    assert votes.tolist() == [[3, 2]] and pos.tolist() == [[True, False]]
+    pos1, _ = pl.vote(probs[2:3], 0.5, 3, 5)  # one allowed model: ceil(3/5) = 1 vote
+    assert pos1.tolist() == [[False, True]]
+
+
+def test_pseudo_labels_never_from_a_model_that_trained_on_the_recording(scripts, tmp_path):
+    pl = scripts("03_pseudo_label")
+
+    class Recorder(torch.nn.Module):
+        def __init__(self, fold):
+            super().__init__()
+            self.fold = fold
+
+        def forward(self, wave):
+            # the recording id is encoded in the wave's first sample
+            calls.append((self.fold, int(round(wave[0, 0].item()))))
+            return {"clip_logit": torch.full((wave.shape[0], 2), 5.0)}
+
+    calls = []
+    waves = {f"r{i}": np.full(400, float(i), dtype=np.float32) for i in range(6)}
+    seen = {0: {"r0", "r1", "r2"}, 1: {"r2", "r3"}, 2: {"r4"}}
+
+    class Prep:
+        sample_rate = 100
+        cache = ArrayCache(waves)
+
+    original = pl.load_checkpoint
+    pl.load_checkpoint = lambda path, device: (Recorder(int(path.stem[4:])), {})
+    try:
+        cfg = pl.CFG(work_dir=str(tmp_path))
+        plan = {rid: np.array([0.0, 2.0]) for rid in waves}
+        probs = pl.predict_all(cfg, tmp_path, [0, 1, 2], Prep(), plan, seen, 200, "cpu")
+    finally:
+        pl.load_checkpoint = original
+    for fold, rec in calls:
+        assert f"r{rec}" not in seen[fold], f"fold {fold} voted on r{rec}, which it trained on"
+    assert probs["r2"].shape[0] == 1  # only fold 2 held r2 out
+    assert probs["r5"].shape[0] == 3
