@@ -61,6 +61,8 @@ def convert(key: str, value, typ):
         if len(args) == 1:
             return convert(key, value, args[0])
         return _parse_json_like(value) if isinstance(value, str) else value
+    if typ in (typing.Any, object):  # untyped: JSON from the command line, as from a file
+        return _parse_json_like(value) if isinstance(value, str) else value
     try:
         if typ is bool:
             return value if isinstance(value, bool) else _parse_bool(str(value))
@@ -77,6 +79,8 @@ def convert(key: str, value, typ):
             if origin is list or typ is list:
                 if isinstance(parsed, str):  # comma list: --folds=0,1
                     parsed = [p for p in parsed.split(",") if p != ""]
+                elif not isinstance(parsed, list):  # one value: --folds=0
+                    parsed = [parsed]
                 inner = typing.get_args(typ)
                 return [convert(key, p, inner[0]) if inner else p for p in parsed]
             return parsed

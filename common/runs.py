@@ -169,7 +169,7 @@ def render_markdown(table: pd.DataFrame, group: str = "stage") -> str:
     """One table per group (as in the seed's log), the best CV LWLRAP of each group in bold."""
     cols = [c for c in table.columns]
     parts = []
-    for key, sub in table.groupby(group, sort=False) if group in table else [("", table)]:
+    for key, sub in table.fillna({group: ""}).groupby(group, sort=False) if group in table else [("", table)]:
         best = pd.to_numeric(sub.get("cv_lwlrap"), errors="coerce")
         best_idx = best.idxmax() if best.notna().any() else None
         lines = ["|" + "|".join(cols) + "|", "|" + "|".join("---" for _ in cols) + "|"]
