@@ -1,0 +1,287 @@
+"""Embedded demo dataset: synthetic field recordings in the RFCx layout, no download needed.
+
+    python -m common.demo --out data/demo      # default spec: ~37 CPU-s, ~20 s on 2 free cores
+    python -m common.demo --out /tmp/tiny --n_train 12 --n_test 6 --duration 8
+
+Writes train/*.flac, test/*.flac (mono PCM_16), train_tp.csv, train_fp.csv,
+sample_submission.csv, test_truth.csv (complete 0/1 test labels), demo_events.csv (every
+sound placed, for checks) and demo_meta.json. It is hard the way RFCx is: 24 species in
+their real bands and durations (RECIPE.md section 1) with distinct call shapes and a few
+look-alike pairs; train labels are sparse (one species, one or two calls annotated per
+recording while others call unannotated); FP rows mark look-alikes in the species' band
+(a call of another species, an unlisted decoy of the same family, or a noise burst); test
+prevalence is skewed (s3 in ~90 % of clips, s18 in ~45 %, several under 3 %); background
+noise, rain and insect drones; calls at -5..20 dB in-band SNR. Byte-identical output for
+a given spec and any number of workers: the global plan has its own RNG and each
+recording its own, from SeedSequence([seed, split, index]).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from common import demo_calls as dc
+from common.demo_calls import SPECIES
+
+N_SPECIES = len(SPECIES)
+RFCX_COLUMNS = ["recording_id", "species_id", "songtype_id", "t_min", "f_min", "t_max", "f_max"]
+EVENT_COLUMNS = ["split", "recording_id", "kind", "species_id", "songtype_id", "t_min", "f_min",
+                 "t_max", "f_max", "snr_db", "annotation"]
+# Share of test clips in which each species calls (RFCx-like skew, ~3 species per clip);
+# train recordings draw their unannotated background species from the same table.
+PREVALENCE = [0.02, 0.07, 0.06, 0.90, 0.07, 0.02, 0.08, 0.20, 0.06, 0.02, 0.15, 0.07,
+              0.18, 0.02, 0.07, 0.02, 0.06, 0.08, 0.45, 0.02, 0.06, 0.02, 0.02, 0.22]
+MAX_SPECIES = 8    # species calling in one recording at most (RFCx test: 1 to 8)
+_SPLITS = {"train": 1, "test": 2}
+
+
+@dataclass
+class DemoSpec:
+    seed: int = 0                   # everything derives from it
+    n_train: int = 300              # train recordings
+    n_test: int = 100               # test recordings
+    duration: float = 30.0          # seconds per recording (real RFCx is 60 s)
+    sample_rate: int = 48000        # Hz written (real RFCx is 48 kHz); >= 28000 for s22
+    fp_only_frac: float = 0.33      # share of train recordings with FP rows but no TP row
+    two_species_frac: float = 0.12  # share of TP recordings with two annotated species
+    second_row_prob: float = 0.15   # chance an annotated species gets a second TP row
+    calls_per_species: float = 2.0  # mean calls of a species present in a recording (>= 1)
+    fp_rows: float = 3.0            # mean FP rows of an FP-only recording (TP recordings: half)
+    distractors: float = 1.5        # mean unlabelled decoys/noise bursts per recording
+    snr_min_db: float = -5.0        # in-band SNR of calls over the background noise, dB
+    snr_max_db: float = 20.0
+    tp_snr_min_db: float = 3.0      # annotated calls and FP look-alikes are the clearer ones
+    rain_prob: float = 0.25         # share of recordings with rain bursts
+    drone_prob: float = 0.35        # share of recordings with an insect drone (2-9 kHz)
+
+    def __post_init__(self):
+        if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool) or self.seed < 0:
+            raise ValueError(f"DemoSpec.seed must be a non-negative integer, got {self.seed!r}")
+        for name in ("n_train", "n_test", "sample_rate"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"DemoSpec.{name} must be a positive integer, got {value!r}")
+        if not self.duration >= 2.0:
+            raise ValueError(f"DemoSpec.duration must be at least 2 s, got {self.duration!r}")
+        if self.sample_rate < 28000:
+            top = max(sp["f_hi"] for sp in SPECIES)
+            raise ValueError(f"DemoSpec.sample_rate must be >= 28000 Hz so species up to {top:.0f} Hz "
+                             f"fit below Nyquist, got {self.sample_rate}")
+        for name in ("fp_only_frac", "two_species_frac", "second_row_prob", "rain_prob", "drone_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"DemoSpec.{name} must be in [0, 1], got {getattr(self, name)!r}")
+        if not self.calls_per_species >= 1.0:
+            raise ValueError(f"DemoSpec.calls_per_species must be >= 1, got {self.calls_per_species!r}")
+        for name in ("fp_rows", "distractors"):
+            if not getattr(self, name) >= 0.0:
+                raise ValueError(f"DemoSpec.{name} must be >= 0, got {getattr(self, name)!r}")
+        if not self.snr_min_db <= self.tp_snr_min_db <= self.snr_max_db:
+            raise ValueError("DemoSpec needs snr_min_db <= tp_snr_min_db <= snr_max_db, got "
+                             f"{self.snr_min_db}, {self.tp_snr_min_db}, {self.snr_max_db}")
+
+
+# ----------------------------------------------------------------------------- plan
+def _recording_ids(rng, count: int) -> list[str]:
+    """Unique 9-hex-digit ids that no CSV reader takes for a number (e.g. '00ad36516')."""
+    ids: list[str] = []
+    while len(ids) < count:
+        rid = f"{int(rng.integers(0, 16 ** 9)):09x}"
+        try:
+            float(rid)  # all digits or '123e45678' would be read back as a number
+        except ValueError:
+            if rid not in ids:
+                ids.append(rid)
+    return ids
+
+
+class _Deck:
+    """Shuffled rounds of all species dealt in order, so each comes up equally often."""
+
+    def __init__(self, rng):
+        self.rng, self.cards = rng, []
+
+    def deal(self, k: int) -> list[int]:
+        hand: list[int] = []
+        while len(hand) < k:
+            if all(c in hand for c in self.cards):  # only duplicates left: shuffle a new round under them
+                self.cards = self.rng.permutation(N_SPECIES).tolist() + self.cards
+            top = max(i for i, c in enumerate(self.cards) if c not in hand)
+            hand.append(int(self.cards.pop(top)))
+        return hand
+
+
+def _plan(spec: DemoSpec) -> list[dict]:
+    """Per recording: species calling, annotated species, FP rows (one RNG: flat decks)."""
+    rng = np.random.default_rng(np.random.SeedSequence([spec.seed, 0]))
+    ids = _recording_ids(rng, spec.n_train + spec.n_test)
+    prev = np.asarray(PREVALENCE)
+    n_fp_only = int(round(spec.fp_only_frac * spec.n_train))
+    fp_only = set(rng.choice(spec.n_train, n_fp_only, replace=False).tolist())
+    tp_deck, fp_deck, plan = _Deck(rng), _Deck(rng), []
+    for i in range(spec.n_train):
+        annotated = [] if i in fp_only else tp_deck.deal(1 + int(rng.random() < spec.two_species_frac))
+        others = [int(s) for s in np.flatnonzero(rng.random(N_SPECIES) < prev) if s not in annotated]
+        rng.shuffle(others)
+        species = sorted(annotated + others[:MAX_SPECIES - len(annotated)])
+        # FP-only recordings have >= 1 FP row; the rows cluster on 1-3 species, as a detector's do
+        n_fp = 1 + rng.poisson(max(spec.fp_rows - 1, 0)) if i in fp_only else rng.poisson(spec.fp_rows / 2)
+        plan.append(dict(split="train", index=i, rid=ids[i], species=species, annotated=annotated,
+                         n_fp=int(n_fp), fp_species=fp_deck.deal(min(3, (n_fp + 1) // 2))))
+    sets = []
+    for _ in range(spec.n_test):
+        chosen = [int(s) for s in np.flatnonzero(rng.random(N_SPECIES) < prev)]
+        if not chosen:
+            chosen = [int(rng.choice(N_SPECIES, p=prev / prev.sum()))]
+        sets.append(sorted(rng.permutation(chosen)[:MAX_SPECIES].tolist()))
+    for s in range(N_SPECIES):  # every species in test at least once: per-species metrics exist
+        if not any(s in x for x in sets):
+            room = [j for j, x in enumerate(sets) if len(x) < MAX_SPECIES]
+            if room:
+                j = min(room, key=lambda k: (len(sets[k]), rng.random()))
+                sets[j] = sorted(sets[j] + [s])
+    plan += [dict(split="test", index=j, rid=ids[spec.n_train + j], species=x, annotated=[], n_fp=0,
+                  fp_species=[]) for j, x in enumerate(sets)]
+    return plan
+
+
+# ----------------------------------------------------------------------------- one recording
+def _render(job: tuple) -> dict:
+    """Synthesise and write one recording; return its TP/FP rows, events and species heard."""
+    spec, rec, out_dir = job
+    rng = np.random.default_rng(np.random.SeedSequence([spec.seed, _SPLITS[rec["split"]], rec["index"]]))
+    scene, tp, fp = dc.Scene(spec, rng), [], []
+    lo_snr, tp_snr, hi_snr = spec.snr_min_db, spec.tp_snr_min_db, spec.snr_max_db
+    for s in rec["annotated"] + [s for s in rec["species"] if s not in rec["annotated"]]:
+        rows = (1 + int(rng.random() < spec.second_row_prob)) if s in rec["annotated"] else 0
+        for k in range(1 + rng.poisson(spec.calls_per_species - 1)):
+            annotate = k < rows  # the first calls placed are the clear, annotated ones
+            snr = rng.uniform(tp_snr if annotate else lo_snr, hi_snr)
+            ev = scene.call(s, snr, note="tp" if annotate else "")
+            if ev is not None and annotate:
+                tp.append(ev)
+    if rec["split"] == "train":
+        for k in range(8 * rec["n_fp"]):  # retries: a crowded recording may refuse a box
+            if len(fp) == rec["n_fp"]:
+                break
+            planned = k < 2 * rec["n_fp"]
+            s = rec["fp_species"][k % len(rec["fp_species"])] if planned else rng.integers(N_SPECIES)
+            row = scene.fp_row(int(s))
+            fp += [row] if row is not None else []
+        extra = rng.poisson(spec.distractors)
+    else:  # test clips: as many distractors as train has FP look-alikes plus distractors
+        fp_per_train = spec.fp_rows * (spec.fp_only_frac + (1 - spec.fp_only_frac) / 2)
+        extra = rng.poisson(spec.distractors + fp_per_train)
+    for _ in range(extra):
+        scene.lookalike(int(rng.integers(N_SPECIES)))
+    scene.background()
+    audio = scene.audio
+    audio *= np.float32(32767 * rng.uniform(0.3, 0.9) / np.abs(audio).max())  # random gain, no clipping
+    path = Path(out_dir) / rec["split"] / f"{rec['rid']}.flac"
+    sf.write(str(path) + ".part", np.rint(audio, out=audio).astype(np.int16), spec.sample_rate,
+             format="FLAC", subtype="PCM_16", compression_level=0.0)  # fastest level: 15 % less time
+    os.replace(str(path) + ".part", path)
+    rid, split = rec["rid"], rec["split"]
+    heard = sorted({e["species_id"] for e in scene.events if e["kind"] == "call"})
+    row = lambda e: [rid] + [e[c] for c in RFCX_COLUMNS[1:]]  # noqa: E731
+    return dict(split=split, rid=rid, heard=heard, tp=[row(e) for e in tp], fp=[row(e) for e in fp],
+                events=[[split, rid] + [e[c] for c in EVENT_COLUMNS[2:]] for e in scene.events])
+
+
+# ----------------------------------------------------------------------------- writing
+def _csv(path: Path, header: list[str], rows) -> None:
+    """Write a CSV atomically; floats rounded to 4 decimals so the bytes are reproducible."""
+    def cell(v) -> str:
+        return str(round(float(v), 4)) if isinstance(v, (float, np.floating)) else str(v)
+
+    text = "\n".join([",".join(header)] + [",".join(cell(v) for v in row) for row in rows]) + "\n"
+    Path(str(path) + ".part").write_text(text)
+    os.replace(str(path) + ".part", path)
+
+
+def write_rfcx_demo(out_dir, spec: DemoSpec = DemoSpec(), workers: int = 2) -> dict:
+    """Write the dataset to out_dir and return a summary (counts, seconds taken).
+
+    Refuses a folder that holds a real train_tp.csv (one without demo_meta.json); removes
+    FLAC files of an earlier demo that the new spec does not produce.
+    """
+    start = time.perf_counter()
+    out = Path(out_dir)
+    if (out / "train_tp.csv").exists() and not (out / "demo_meta.json").exists():
+        raise ValueError(f"{out} holds a train_tp.csv but no demo_meta.json: it looks like real data, "
+                         "refusing to overwrite it; pass an empty or demo folder")
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    plan = _plan(spec)
+    for split in _SPLITS:
+        (out / split).mkdir(parents=True, exist_ok=True)
+    jobs = [(spec, rec, str(out)) for rec in plan]
+    if workers == 1:
+        results = [_render(job) for job in jobs]
+    else:
+        with ProcessPoolExecutor(workers) as pool:
+            results = list(pool.map(_render, jobs, chunksize=4))
+    wanted = {f"{r['split']}/{r['rid']}.flac" for r in results}
+    for split in _SPLITS:  # stale recordings of an earlier, larger demo
+        for path in (out / split).glob("*.flac"):
+            if f"{split}/{path.name}" not in wanted:
+                path.unlink()
+    results.sort(key=lambda r: (r["split"], r["rid"]))
+    train = [r for r in results if r["split"] == "train"]
+    test = [r for r in results if r["split"] == "test"]
+    by_box = lambda row: (row[0], row[1], row[3])  # noqa: E731
+    tp = sorted((row for r in train for row in r["tp"]), key=by_box)
+    fp = sorted((row for r in train for row in r["fp"]), key=by_box)
+    truth = np.array([[int(s in r["heard"]) for s in range(N_SPECIES)] for r in test])
+    classes = [f"s{s}" for s in range(N_SPECIES)]
+    events = [row for r in results for row in sorted(r["events"], key=lambda e: e[5])]
+    _csv(out / "demo_events.csv", EVENT_COLUMNS, events)
+    _csv(out / "train_fp.csv", RFCX_COLUMNS, fp)
+    header = ["recording_id"] + classes
+    _csv(out / "sample_submission.csv", header, [[r["rid"]] + [0] * N_SPECIES for r in test])
+    _csv(out / "test_truth.csv", header, [[r["rid"]] + row.tolist() for r, row in zip(test, truth)])
+    counts = dict(
+        n_train=len(train), n_test=len(test), tp_rows=len(tp), fp_rows=len(fp),
+        tp_recordings=sum(bool(r["tp"]) for r in train),
+        fp_only_recordings=sum(bool(r["fp"]) and not r["tp"] for r in train),
+        tp_rows_per_species=np.bincount([row[1] for row in tp], minlength=N_SPECIES).tolist(),
+        fp_rows_per_species=np.bincount([row[1] for row in fp], minlength=N_SPECIES).tolist(),
+        test_prevalence=[round(float(v), 4) for v in truth.mean(0)],
+        test_species_per_clip=round(float(truth.sum(1).mean()), 4))
+    meta = dict(spec=asdict(spec), counts=counts, species=SPECIES, prevalence=PREVALENCE)
+    Path(out / "demo_meta.json.part").write_text(json.dumps(meta, indent=1) + "\n")
+    os.replace(out / "demo_meta.json.part", out / "demo_meta.json")
+    _csv(out / "train_tp.csv", RFCX_COLUMNS, tp)  # last: its presence marks a finished dataset
+    dc.release_noise_bank()
+    return dict(counts, out_dir=str(out), seconds=round(time.perf_counter() - start, 2))
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description="Write the synthetic RFCx-layout demo dataset.")
+    parser.add_argument("--out", default="data/demo", help="output folder (default data/demo)")
+    parser.add_argument("--workers", type=int, default=2, help="processes (default 2)")
+    for f in fields(DemoSpec):
+        parser.add_argument(f"--{f.name}", type=type(f.default), default=f.default,
+                            help=f"DemoSpec.{f.name} (default {f.default})")
+    args = vars(parser.parse_args(argv))
+    out, workers = args.pop("out"), args.pop("workers")
+    from common import demo  # so workers unpickle common.demo objects, not __main__ ones
+    summary = demo.write_rfcx_demo(out, demo.DemoSpec(**args), workers=workers)
+    s, tp, prev = summary, summary["tp_rows_per_species"], summary["test_prevalence"]
+    print(f"demo dataset in {s['out_dir']} ({s['seconds']:.1f} s): {s['n_train']} train "
+          f"({s['tp_recordings']} with TP, {s['fp_only_recordings']} FP-only), {s['n_test']} test; "
+          f"TP rows {s['tp_rows']} ({min(tp)}-{max(tp)} per species), FP rows {s['fp_rows']}; "
+          f"test: s3 in {prev[3]:.0%}, s18 in {prev[18]:.0%}, "
+          f"{s['test_species_per_clip']:.2f} species per clip")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

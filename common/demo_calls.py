@@ -1,0 +1,432 @@
+"""Sound synthesis and mixing for the demo dataset (common/demo.py).
+
+Species templates (SPECIES), call and decoy synthesis, background noise, rain and insect
+drones, and Scene, which mixes one recording at set in-band SNRs and keeps its event list.
+Every function takes a numpy Generator and returns float32 samples at `sr` Hz, so a caller
+that owns one Generator per recording gets byte-identical audio on every run.
+
+A species template is a dict of SPECIES. Its `shape` says how `a`, `b` (Hz) and `rate` (Hz)
+are read:
+    up, down    log sweep from a to b                    (hook: up to b, half way back)
+    warble      slow sinusoidal FM, centre a +- b, FM rate
+    trill_fm    repeated short up-chirps, a - b .. a + b, chirps per second (trill_fm_down)
+    trill_am    tone from a to a + b, amplitude-pulsed at rate
+    clicks      band-passed clicks in a..b at rate (5 % jitter)
+    harmonic    f0 gliding a -> b with `harm` partials (ratios 1..harm, or `ratios`)
+`decoy` is the rate multiplier of the species' unlisted look-alike (placed in the species'
+band as a distractor or under an FP row); `st4` marks species with songtype 4. Look-alike
+pairs by design (overlapping bands, same family, told apart by rate, span or length):
+s5/s7 warbles, s16/s21 pulsed tones, s3/s11 up-sweeps, s9/s10 clicks, s14/s20 FM trills.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+_S = [  # f_lo, f_hi (Hz) and median_s: RECIPE.md section 1; the rest is this demo's design
+    (5906, 8250, 0.79, "down", 7900, 6300, 0), (3844, 5625, 0.90, "up", 4000, 5400, 0),
+    (469, 3000, 1.78, "harmonic", 720, 650, 0), (1031, 2813, 0.74, "up", 1200, 2600, 0),
+    (2344, 4219, 1.86, "warble", 3300, 600, 4.0), (4781, 11250, 2.35, "warble", 7800, 1800, 2.5),
+    (563, 4406, 2.14, "harmonic", 900, 1000, 0), (4688, 11438, 3.14, "warble", 8200, 2600, 4.5),
+    (3750, 5531, 4.12, "trill_am", 4700, -400, 6.0), (844, 5719, 3.56, "clicks", 1500, 5200, 9.0),
+    (947, 10853, 2.44, "clicks", 1500, 10000, 3.5), (1809, 5685, 1.14, "up", 2000, 5200, 0),
+    (563, 3281, 3.14, "harmonic", 640, 700, 0), (94, 1406, 0.62, "down", 1200, 300, 0),
+    (2531, 6469, 0.59, "trill_fm", 4500, 1200, 22.0), (94, 1125, 3.34, "harmonic", 200, 180, 0),
+    (3094, 4594, 1.83, "trill_am", 3850, 250, 10.0), (1313, 7406, 6.45, "warble", 4300, 2200, 1.2),
+    (3188, 5063, 0.69, "down", 5000, 3400, 0), (281, 2813, 1.55, "warble", 1500, 700, 6.0),
+    (1313, 6094, 3.44, "trill_fm", 3700, 1800, 9.0), (3281, 4125, 1.09, "trill_am", 3700, -150, 24.0),
+    (10688, 13688, 1.61, "trill_fm", 12200, 900, 30.0), (6460, 11628, 7.00, "clicks", 7000, 11000, 30.0),
+]
+_TP_ROWS = [50, 50, 37, 50, 50, 50, 50, 50, 50, 34, 50, 50, 50, 50, 50, 50, 50, 68, 50, 43, 40, 50, 44, 100]
+# Decoy rate multipliers chosen so a decoy never lands on another species' rate in the same band.
+_DECOY = {4: 2.2, 5: 0.4, 7: 2.0, 8: 0.5, 9: 2.5, 10: 0.4, 14: 0.5, 16: 0.35, 17: 3.0, 19: 0.45,
+          20: 2.0, 21: 2.0, 22: 0.5, 23: 0.35}
+_HARM = {2: 4, 6: 4, 12: 4, 15: 5}
+
+SPECIES: list[dict] = [
+    dict(species=i, f_lo=float(lo), f_hi=float(hi), median_s=med, shape=shape, a=float(a),
+         b=float(b), rate=float(rate), harm=_HARM.get(i, 1), decoy=_DECOY.get(i, 1.0),
+         st4=i in (16, 17, 23), real_tp_rows=_TP_ROWS[i])
+    for i, (lo, hi, med, shape, a, b, rate) in enumerate(_S)]
+
+
+def extent(tpl: dict) -> tuple[float, float]:
+    """(low, high) Hz that a template's energy spans (before pitch scaling)."""
+    a, b, shape = tpl["a"], tpl["b"], tpl["shape"]
+    if shape in ("warble", "trill_fm", "trill_fm_down"):
+        return a - b, a + b
+    if shape == "trill_am":
+        return min(a, a + b), max(a, a + b)
+    if shape == "harmonic":
+        return min(a, b), max(a, b) * max(tpl.get("ratios", range(1, tpl["harm"] + 1)))
+    return min(a, b), max(a, b)  # sweeps, hook, clicks
+
+
+def scaled(tpl: dict, factor: float) -> dict:
+    """The template with every frequency multiplied by `factor` (a pitch shift)."""
+    out = dict(tpl)
+    out["a"], out["b"] = tpl["a"] * factor, tpl["b"] * factor
+    return out
+
+
+def fit_pitch(tpl: dict, f_lo: float, f_hi: float, rng, spread: float) -> dict:
+    """Pitch-shift by a random factor in 1 +- spread, limited so the call stays in f_lo..f_hi."""
+    lo, hi = extent(tpl)
+    low, high = max(1 - spread, f_lo / lo), min(1 + spread, f_hi / hi)
+    if low > high:  # spread too small to reach the band: take the nearest factor that fits
+        low = high = min(max(1.0, f_lo / lo), f_hi / hi)
+    return scaled(tpl, rng.uniform(low, high))
+
+
+def songtype4(tpl: dict) -> dict:
+    """Songtype 4 of species 16, 17, 23: the same voice, faster and on a narrower span."""
+    out = dict(tpl, rate=tpl["rate"] * 1.5)
+    if tpl["shape"] == "warble":
+        out["b"] = tpl["b"] * 0.5
+    return out
+
+
+def decoy(tpl: dict) -> dict:
+    """An unlisted look-alike of a species: same band and family, a different pattern."""
+    shape = tpl["shape"]
+    if shape in ("up", "down"):
+        return dict(tpl, shape="hook")  # rises to the end pitch and falls half way back
+    if shape == "harmonic":
+        return dict(tpl, ratios=(1.0, 1.5, 2.5))  # inharmonic partials
+    if shape == "trill_fm":
+        return dict(tpl, shape="trill_fm_down", rate=tpl["rate"] * tpl["decoy"])
+    return dict(tpl, rate=tpl["rate"] * tpl["decoy"])
+
+
+def _window(n: int, fade: float = 0.2) -> np.ndarray:
+    """Tukey-like envelope: raised-cosine fades over `fade` of the length at each end."""
+    w = np.ones(n, dtype=np.float32)
+    k = max(1, int(n * fade / 2))
+    ramp = 0.5 - 0.5 * np.cos(np.arange(k, dtype=np.float32) * np.float32(np.pi / k))
+    w[:k], w[n - k:] = ramp, ramp[::-1]
+    return w
+
+
+def fast_len(n: int) -> int:
+    """Smallest 2^a 3^b 5^c >= n: FFT sizes that pocketfft handles fast (a prime is 20x slower)."""
+    best, p5 = 2 * n, 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            p = p35
+            while p < n:
+                p *= 2
+            best, p35 = min(best, p), p35 * 3
+        p5 *= 5
+    return best
+
+
+def _band_gain(size: int, sr: int, f_lo: float, f_hi: float) -> np.ndarray:
+    """Gain per rfft bin of `size`: 1 in f_lo..f_hi, raised-cosine skirts 5 % of the width."""
+    f = np.arange(size // 2 + 1, dtype=np.float32) * np.float32(sr / size)
+    skirt = np.float32(0.05 * (f_hi - f_lo) + 1.0)
+    ramp = np.clip((f - np.float32(f_lo) + skirt) / skirt, 0, 1)
+    ramp *= np.clip((np.float32(f_hi) + skirt - f) / skirt, 0, 1)
+    return 0.5 - 0.5 * np.cos(np.float32(np.pi) * ramp)
+
+
+def bandpass(x: np.ndarray, sr: int, f_lo: float, f_hi: float) -> np.ndarray:
+    """Zero-phase FFT band-pass along the last axis, float32 (no scipy needed)."""
+    n = x.shape[-1]
+    size = fast_len(n)
+    spec = np.fft.rfft(x.astype(np.float32, copy=False), size, axis=-1)
+    spec *= _band_gain(size, sr, f_lo, f_hi)
+    return np.fft.irfft(spec, size, axis=-1)[..., :n]
+
+
+def band_noise(n: int, sr: int, f_lo: float, f_hi: float, rng) -> np.ndarray:
+    """n samples of noise limited to f_lo..f_hi, made in the frequency domain (one FFT)."""
+    size = fast_len(n)
+    gain = _band_gain(size, sr, f_lo, f_hi)
+    parts = rng.random((len(gain), 2), dtype=np.float32) - np.float32(0.5)
+    parts *= gain[:, None]
+    return np.fft.irfft(parts.view(np.complex64)[:, 0], size)[:n]
+
+
+def _clicks(n: int, sr: int, f_lo: float, f_hi: float, rate: float, rng) -> np.ndarray:
+    """Pulse train at `rate` Hz (5 % jitter); each pulse 0.5-1.3 ms decaying noise, band-passed
+    on its own (a 16 ms kernel: cheaper than filtering the whole call)."""
+    period = sr / rate
+    klen = int(0.016 * sr)
+    starts = np.arange(0.0, n, period) + rng.normal(0, 0.05 * period, int(np.ceil(n / period)))
+    starts = np.clip(starts.astype(int) - klen // 4, 0, max(0, n - klen))  # the drop sits at klen/4
+    decay = np.exp(-np.maximum(np.arange(klen) - klen // 4, 0) / (rng.uniform(0.0005, 0.0013) * sr))
+    decay[: klen // 4] = 0.0
+    kern = bandpass(rng.standard_normal((len(starts), klen), dtype=np.float32) * decay.astype(np.float32),
+                    sr, f_lo, f_hi) * _window(klen, 0.5)
+    out = np.zeros(max(n, klen), dtype=np.float32)
+    kern *= rng.uniform(0.6, 1.0, (len(starts), 1)).astype(np.float32)
+    np.add.at(out, starts[:, None] + np.arange(klen), kern)
+    return out[:n]
+
+
+def _cycles(f: np.ndarray, sr: int) -> np.ndarray:
+    """Phase in half-cycles wrapped to [0, 2 pi), float32: sin(k * result) for integer k is
+    the k/2-th partial, continuous across wraps, at float32 speed (6x float64)."""
+    turns = np.cumsum(f, dtype=np.float64) * (0.5 / sr)
+    turns -= np.floor(turns)  # 3x faster than np.mod
+    out = turns.astype(np.float32)
+    out *= np.float32(2 * np.pi)
+    return out
+
+
+def synth_call(tpl: dict, dur: float, sr: int, rng) -> np.ndarray:
+    """One call of `dur` s from a template (already pitch-fitted), float32, peak about 1."""
+    n = max(16, int(round(dur * sr)))
+    t = np.arange(n, dtype=np.float32) / np.float32(sr)
+    u = t / np.float32(dur)  # 0..1 through the call
+    a, b, rate, shape = tpl["a"], tpl["b"], tpl["rate"], tpl["shape"]
+    env = _window(n, 0.25) * (1 + np.float32(rng.uniform(-0.3, 0.3)) * (u - 0.5))
+    if shape == "clicks":
+        x = _clicks(n, sr, a, b, rate, rng)
+        return env * x / (np.abs(x).max() + 1e-12)
+    if shape in ("up", "down"):
+        f = a * np.exp(np.float32(np.log(b / a)) * u)  # log sweep
+    elif shape == "hook":
+        f = a + (b - a) * (1 - ((u - 0.6) / 0.6) ** 2)
+    elif shape == "warble":
+        f = a + b * np.sin(np.float32(2 * np.pi * rate) * t + np.float32(rng.uniform(0, 2 * np.pi)))
+    elif shape in ("trill_fm", "trill_fm_down"):
+        frac = np.mod(np.float32(rate) * t, 1.0)
+        f = a + b * (2 * frac - 1) * (1 if shape == "trill_fm" else -1)
+        env *= np.sin(np.float32(np.pi) * frac) ** 2  # one element per chirp, silent at the jump
+    elif shape == "trill_am":
+        f = a + b * u
+        pulse = np.sin(np.float32(np.pi * rate) * t) ** 2
+        env *= pulse * pulse  # sharp pulses at `rate` per second
+    elif shape == "harmonic":
+        f = (a + (b - a) * u) * (1 + 0.015 * np.sin(np.float32(2 * np.pi * 5) * t))  # glide + vibrato
+    else:
+        raise ValueError(f"unknown call shape {shape!r}")
+    half = _cycles(f, sr)
+    if shape != "harmonic":
+        return env * np.sin(2 * half)
+    ratios = tpl.get("ratios", range(1, tpl["harm"] + 1))  # multiples of 0.5 (see _cycles)
+    x = sum(np.float32(0.7 ** i) * np.sin(np.float32(2 * r) * half) for i, r in enumerate(ratios))
+    return env * x / np.abs(x).max()
+
+
+def noise_burst(f_lo: float, f_hi: float, dur: float, sr: int, rng) -> np.ndarray:
+    """Band-limited noise, half the time buzzing (AM at 25-80 Hz) like an insect, peak about 1."""
+    n = max(16, int(round(dur * sr)))
+    x = band_noise(n, sr, f_lo, f_hi, rng)
+    if rng.random() < 0.5:
+        omega = np.float32(2 * np.pi * rng.uniform(25, 80) / sr)  # rad per sample
+        x *= 0.55 + 0.45 * np.sin(omega * np.arange(n, dtype=np.float32))
+    return _window(n, 0.3) * x / (np.abs(x).max() + 1e-12)
+
+
+GRID_HZ = 5.0  # frequency step of the noise power table that band_power reads
+
+
+@functools.lru_cache(maxsize=2)
+def _noise_bank(n: int, sr: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """White, pink and brown noise of 4 n samples each at unit mean square (3, 4 n), and the
+    share of each one's power below j * GRID_HZ Hz (3, steps + 1).
+
+    Made once per process from `seed`; each recording mixes random windows of them, which
+    costs a few ms instead of an FFT of the whole recording (the slowest step otherwise).
+    """
+    size = fast_len(4 * n)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 99]))
+    f = np.maximum(np.arange(size // 2 + 1, dtype=np.float32) * np.float32(sr / size / 1000.0),
+                   np.float32(0.02))  # kHz, floored at 20 Hz
+    starts = (np.arange(0.0, sr / 2, GRID_HZ) * (size / sr)).astype(int)
+    waves, cums = np.empty((3, 4 * n), np.float32), []
+    for i, exponent in enumerate((0.0, 0.5, 1.0)):
+        amp = f ** np.float32(-exponent)
+        amp[0] = 0.0  # no DC
+        # centred uniform real and imaginary parts: the waveform is Gaussian anyway
+        parts = rng.random((len(f), 2), dtype=np.float32) - np.float32(0.5)
+        parts *= amp[:, None]
+        waves[i] = np.fft.irfft(parts.view(np.complex64)[:, 0], size)[: 4 * n]
+        waves[i] /= np.sqrt(np.mean(waves[i] ** 2, dtype=np.float64))
+        cum = np.concatenate([[0.0], np.cumsum(np.add.reduceat(amp.astype(np.float64) ** 2, starts))])
+        cums.append(cum / cum[-1])
+    return waves, np.stack(cums)
+
+
+def release_noise_bank() -> None:
+    """Free the noise bank (~70 MB for 30 s at 48 kHz) once a dataset is written."""
+    _noise_bank.cache_clear()
+
+
+def colored_noise(n: int, sr: int, rng, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(noise of n samples, mean square ~1, float32; share of its power below j * GRID_HZ Hz).
+
+    A random white/pink/brown mix (Dirichlet weights), each part a random window of the
+    process's noise bank, sign-flipped at random. band_power(cum, f_lo, f_hi) is then the
+    expected mean square of the noise band-passed to f_lo..f_hi.
+    """
+    bank, cums = _noise_bank(n, sr, seed)
+    w = rng.dirichlet([1.0, 1.0, 1.0])
+    wave = np.zeros(n, np.float32)
+    for i, offset in enumerate(rng.integers(0, 3 * n + 1, 3)):
+        wave += bank[i, offset:offset + n] * np.float32(np.sqrt(w[i]) * rng.choice([-1.0, 1.0]))
+    return wave, w @ cums
+
+
+def band_power(cum: np.ndarray, f_lo: float, f_hi: float) -> float:
+    """Mean square of colored_noise within f_lo..f_hi Hz (taken at least 200 Hz wide)."""
+    mid, half = (f_lo + f_hi) / 2, max(f_hi - f_lo, 200.0) / 2
+    j0, j1 = (int(np.clip(round(v / GRID_HZ), 0, len(cum) - 1)) for v in (mid - half, mid + half))
+    return max(float(cum[j1] - cum[j0]), 1e-12)
+
+
+def rain(dur: float, sr: int, rng) -> np.ndarray:
+    """A rain burst: Poisson drops (100-400 /s), each 1-4 ms of decaying, differentiated (so
+    bright, little below 1 kHz) noise, float32, peak about 1."""
+    n = int(round(dur * sr))
+    count = rng.poisson(rng.uniform(100, 400) * dur)
+    klen = int(0.006 * sr)
+    starts = rng.integers(0, max(1, n - klen), count)
+    decay = np.exp(-np.arange(klen + 1) / (rng.uniform(0.001, 0.004) * sr / 3)).astype(np.float32)
+    kern = np.diff(rng.standard_normal((count, klen + 1), dtype=np.float32) * decay, axis=1)
+    out = np.zeros(n, dtype=np.float32)
+    kern *= rng.lognormal(0, 0.7, (count, 1)).astype(np.float32)
+    np.add.at(out, starts[:, None] + np.arange(klen), kern)
+    return _window(n, 0.3) * out / (np.abs(out).max() + 1e-12)
+
+
+def drone(dur: float, sr: int, fc: float, rng) -> np.ndarray:
+    """An insect drone: steady tone at fc (+- 0.5 % wander), AM at 15-60 Hz, float32, peak ~1."""
+    n = int(round(dur * sr))
+    t = np.arange(n, dtype=np.float32) / np.float32(sr)
+    wander, phase0 = np.float32(2 * np.pi * rng.uniform(0.05, 0.3)), np.float32(rng.uniform(0, 6.3))
+    f = fc * (1 + 0.005 * np.sin(wander * t + phase0))
+    depth, am_rate = np.float32(rng.uniform(0.3, 0.9)), np.float32(2 * np.pi * rng.uniform(15, 60))
+    am = 1 - depth * (0.5 + 0.5 * np.sin(am_rate * t))
+    return _window(n, 0.1) * am * np.sin(2 * _cycles(f, sr))
+
+
+# ----------------------------------------------------------------------------- mixing
+GAP_S = 0.1  # s kept free between calls of a species and FP boxes of that species
+
+
+def _lookalikes(s: int) -> list[int]:
+    """Species whose calls fall at least 30 % into s's band; same call shape counted twice."""
+    sp, out = SPECIES[s], []
+    for c, other in enumerate(SPECIES):
+        lo, hi = extent(other)
+        if c != s and min(hi, sp["f_hi"]) - max(lo, sp["f_lo"]) >= 0.3 * (hi - lo):
+            out += [c, c] if other["shape"] == sp["shape"] else [c]
+    return out
+
+
+LOOKALIKES = [_lookalikes(s) for s in range(len(SPECIES))]
+
+
+class Scene:
+    """One recording being mixed: noise floor, placed events, per-species busy intervals."""
+
+    def __init__(self, spec, rng):
+        self.spec, self.rng, self.sr = spec, rng, spec.sample_rate
+        self.n = int(round(spec.duration * self.sr))
+        self.audio, self.cum = colored_noise(self.n, self.sr, rng, seed=spec.seed)
+        self.busy: dict[int, list] = {s: [] for s in range(len(SPECIES))}
+        self.events: list[dict] = []
+
+    def duration(self, median: float) -> float:
+        """Lognormal (+-30 %) around the median, clipped to 0.25..8 s and into the recording."""
+        return float(np.clip(median * self.rng.lognormal(0, 0.3), 0.25, min(8.0, 0.9 * self.spec.duration)))
+
+    def free_time(self, dur: float, avoid) -> float | None:
+        """A start time whose span keeps clear of the busy intervals of species in `avoid`."""
+        for _ in range(40):
+            t0 = self.rng.uniform(0, self.spec.duration - dur)
+            if all(b + GAP_S <= t0 or t0 + dur + GAP_S <= a for s in avoid for a, b in self.busy[s]):
+                return t0
+        return None
+
+    def mix(self, sig, t0: float, f_lo: float, f_hi: float, snr_db: float) -> None:
+        """Add `sig` at t0 s, scaled to snr_db over the noise power within f_lo..f_hi."""
+        start = int(round(t0 * self.sr))
+        sig = sig[: self.n - start]
+        power = band_power(self.cum, f_lo, f_hi)
+        gain = float(np.sqrt(10 ** (snr_db / 10) * power / np.mean(sig ** 2)))
+        self.audio[start:start + len(sig)] += sig * gain
+
+    def add(self, kind, species, songtype, tpl, band, dur, t0, snr_db, note="") -> dict:
+        """Synthesise a template call at t0 and record it with its box (extent, padded, in band)."""
+        lo, hi = extent(tpl)
+        pad = max(50.0, 0.03 * (hi - lo))
+        f_lo, f_hi = max(band[0], lo - pad), min(band[1], hi + pad)
+        sig = noise_burst(lo, hi, dur, self.sr, self.rng) if kind == "noise" else \
+            synth_call(tpl, dur, self.sr, self.rng)
+        self.mix(sig, t0, f_lo, f_hi, snr_db)
+        ev = dict(kind=kind, species_id=species, songtype_id=songtype, t_min=t0, f_min=f_lo,
+                  t_max=t0 + dur, f_max=f_hi, snr_db=snr_db, annotation=note)
+        self.events.append(ev)
+        return ev
+
+    def call(self, s: int, snr_db: float, avoid=(), note="") -> dict | None:
+        """A real call of species s (songtype 4 for 30 % of calls of s16, s17, s23)."""
+        sp = SPECIES[s]
+        songtype = 4 if sp["st4"] and self.rng.random() < 0.3 else 1
+        dur = self.duration(sp["median_s"] * (0.6 if songtype == 4 else 1.0))
+        t0 = self.free_time(dur, (s, *avoid))
+        if t0 is None:
+            return None
+        tpl = fit_pitch(songtype4(sp) if songtype == 4 else sp, sp["f_lo"], sp["f_hi"], self.rng, 0.07)
+        ev = self.add("call", s, songtype, tpl, (sp["f_lo"], sp["f_hi"]), dur, t0, snr_db, note)
+        self.busy[s].append((ev["t_min"], ev["t_max"]))
+        return ev
+
+    def lookalike(self, s: int, avoid=(), snr_db=None, note="") -> dict | None:
+        """Something in s's band that is not s: an unlisted decoy of its family or a noise burst."""
+        sp, rng = SPECIES[s], self.rng
+        band = (sp["f_lo"], sp["f_hi"])
+        snr_db = rng.uniform(self.spec.snr_min_db, self.spec.snr_max_db) if snr_db is None else snr_db
+        if rng.random() < 0.6:
+            dur = self.duration(sp["median_s"] * rng.uniform(0.6, 1.5))
+            tpl, kind = fit_pitch(decoy(sp), *band, rng, 0.15), "decoy"
+        else:  # band noise over 30-100 % of the band, e.g. an insect buzz
+            width = (band[1] - band[0]) * rng.uniform(0.3, 1.0)
+            lo = rng.uniform(band[0], band[1] - width)
+            dur = float(np.clip(sp["median_s"] * rng.uniform(0.5, 1.5), 0.25, 0.9 * self.spec.duration))
+            tpl, kind = dict(sp, shape="clicks", a=lo, b=lo + width), "noise"
+        t0 = self.free_time(dur, avoid)
+        return None if t0 is None else self.add(kind, s, 1, tpl, band, dur, t0, snr_db, note)
+
+    def fp_row(self, s: int) -> dict | None:
+        """Place what a detector mistook for s: a look-alike species' call (35 %) or a decoy."""
+        sp, rng = SPECIES[s], self.rng
+        snr = rng.uniform(self.spec.tp_snr_min_db, self.spec.snr_max_db)
+        ev = None
+        if LOOKALIKES[s] and rng.random() < 0.35:
+            ev = self.call(int(rng.choice(LOOKALIKES[s])), snr, avoid=(s,), note=f"fp:s{s}")
+        ev = ev or self.lookalike(s, avoid=(s,), snr_db=snr, note=f"fp:s{s}")
+        if ev is None:
+            return None
+        box = dict(ev, f_min=max(ev["f_min"], sp["f_lo"]), f_max=min(ev["f_max"], sp["f_hi"]))
+        self.busy[s].append((box["t_min"], box["t_max"]))  # no later call of s may fall inside
+        return dict(box, species_id=s, songtype_id=4 if sp["st4"] and rng.random() < 0.3 else 1)
+
+    def background(self) -> None:
+        """Rain bursts (broadband) and insect drones (steady AM tones, 2-9 kHz)."""
+        rng, d = self.rng, self.spec.duration
+        if rng.random() < self.spec.rain_prob:
+            for _ in range(rng.integers(1, 3)):
+                dur = min(rng.uniform(1.5, 6.0), d)
+                t0 = rng.uniform(0, d - dur)
+                start = int(round(t0 * self.sr))
+                sig = rain(dur, self.sr, rng)[: self.n - start]
+                snr = rng.uniform(0, 12)  # dB over the whole noise floor
+                gain = float(np.sqrt(10 ** (snr / 10) / np.mean(sig ** 2)))
+                self.audio[start:start + len(sig)] += sig * gain
+                self.events.append(dict(kind="rain", species_id=-1, songtype_id=0, t_min=t0, f_min=400.0,
+                                        t_max=t0 + dur, f_max=self.sr / 2, snr_db=0.0, annotation=""))
+        if rng.random() < self.spec.drone_prob:
+            for _ in range(1 + int(rng.random() < 0.3)):
+                dur, fc = d * rng.uniform(0.3, 1.0), rng.uniform(2000, 9000)
+                t0, lo, hi = rng.uniform(0, d - dur), fc * 0.995 - 60, fc * 1.005 + 60
+                snr = rng.uniform(5, 20)
+                self.mix(drone(dur, self.sr, fc, rng), t0, lo, hi, snr)
+                self.events.append(dict(kind="drone", species_id=-1, songtype_id=0, t_min=t0, f_min=lo,
+                                        t_max=t0 + dur, f_max=hi, snr_db=snr, annotation=""))
