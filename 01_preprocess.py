@@ -37,9 +37,9 @@ class CFG:
     seed: int = 42             # fold split seed
     workers: int = 0           # decoding processes; 0 = all cores
     demo_seed: int = 0         # demo dataset, generated when input_dir is data/demo and empty
-    demo_n_train: int = 300    # demo train recordings
+    demo_n_train: int = 500    # demo train recordings
     demo_n_test: int = 100     # demo test recordings
-    demo_duration: float = 30.0  # demo recording length, s
+    demo_duration: float = 20.0  # demo recording length, s
 
 
 def ensure_demo(cfg: CFG) -> None:

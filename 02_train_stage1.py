@@ -47,6 +47,8 @@ class CFG:
     fmin: float = 80.0             # Hz
     fmax: float = 15000.0          # Hz
     image_size: str = "224x400"    # resize the mel image to MELSxFRAMES; "" = no resize
+    freq_coord: bool = False       # extra input channel: mel-bin index 0..1 (2nd place RFCx)
+    spec_masks: int = 0            # SpecAugment: time and frequency masks per example (0 = off)
     # training
     loss: str = "lsep"             # lsep | bce
     epochs: int = 30

@@ -46,21 +46,22 @@ _SPLITS = {"train": 1, "test": 2}
 @dataclass
 class DemoSpec:
     seed: int = 0                   # everything derives from it
-    n_train: int = 300              # train recordings
+    n_train: int = 500              # train recordings
     n_test: int = 100               # test recordings
-    duration: float = 30.0          # seconds per recording (real RFCx is 60 s)
+    duration: float = 20.0          # seconds per recording (real RFCx is 60 s)
     sample_rate: int = 48000        # Hz written (real RFCx is 48 kHz); >= 28000 for s22
-    fp_only_frac: float = 0.33      # share of train recordings with FP rows but no TP row
+    fp_only_frac: float = 0.2       # share of train recordings with FP rows but no TP row
     two_species_frac: float = 0.12  # share of TP recordings with two annotated species
     second_row_prob: float = 0.15   # chance an annotated species gets a second TP row
-    calls_per_species: float = 2.0  # mean calls of a species present in a recording (>= 1)
+    calls_per_species: float = 1.5  # mean calls of a species present in a recording (>= 1)
     fp_rows: float = 3.0            # mean FP rows of an FP-only recording (TP recordings: half)
-    distractors: float = 1.5        # mean unlabelled decoys/noise bursts per recording
+    distractors: float = 1.0        # mean unlabelled decoys/noise bursts per recording
     snr_min_db: float = -5.0        # in-band SNR of calls over the background noise, dB
     snr_max_db: float = 20.0
-    tp_snr_min_db: float = 3.0      # annotated calls and FP look-alikes are the clearer ones
+    tp_snr_min_db: float = 6.0      # annotated calls and FP look-alikes are the clearer ones
     rain_prob: float = 0.25         # share of recordings with rain bursts
     drone_prob: float = 0.35        # share of recordings with an insect drone (2-9 kHz)
+    train_background: float = 0.2   # prevalence multiplier of unannotated species in TP recordings
 
     def __post_init__(self):
         if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool) or self.seed < 0:
@@ -75,7 +76,8 @@ class DemoSpec:
             top = max(sp["f_hi"] for sp in SPECIES)
             raise ValueError(f"DemoSpec.sample_rate must be >= 28000 Hz so species up to {top:.0f} Hz "
                              f"fit below Nyquist, got {self.sample_rate}")
-        for name in ("fp_only_frac", "two_species_frac", "second_row_prob", "rain_prob", "drone_prob"):
+        for name in ("fp_only_frac", "two_species_frac", "second_row_prob", "rain_prob", "drone_prob",
+                     "train_background"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"DemoSpec.{name} must be in [0, 1], got {getattr(self, name)!r}")
         if not self.calls_per_species >= 1.0:
@@ -128,7 +130,9 @@ def _plan(spec: DemoSpec) -> list[dict]:
     tp_deck, fp_deck, plan = _Deck(rng), _Deck(rng), []
     for i in range(spec.n_train):
         annotated = [] if i in fp_only else tp_deck.deal(1 + int(rng.random() < spec.two_species_frac))
-        others = [int(s) for s in np.flatnonzero(rng.random(N_SPECIES) < prev) if s not in annotated]
+        scale = spec.train_background if annotated else 1.0
+        others = [int(s) for s in np.flatnonzero(rng.random(N_SPECIES) < prev * scale)
+                  if s not in annotated]
         rng.shuffle(others)
         species = sorted(annotated + others[:MAX_SPECIES - len(annotated)])
         # FP-only recordings have >= 1 FP row; the rows cluster on 1-3 species, as a detector's do

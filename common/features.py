@@ -19,12 +19,18 @@ class MelFrontEnd(nn.Module):
     Power mel spectrogram (`power`=2) -> dB -> per-image standardisation (each example to
     mean 0, std 1, as the recipe's per-image normalisation), repeated to `in_chans`
     channels, optionally resized to `image_size` = (mels, frames) like the recipe's 224x400.
+    `freq_coord` appends one channel holding the mel-bin index scaled to 0..1 (the 2nd-place
+    RFCx trick): a CNN then knows where in frequency a pattern sits, which matters because
+    each species calls in its own band. Output channels: in_chans + freq_coord.
     """
 
     def __init__(self, sample_rate: int, n_fft: int, hop_length: int, n_mels: int,
                  fmin: float, fmax: float, power: float = 2.0, in_chans: int = 1,
-                 image_size: tuple[int, int] | None = None, top_db: float = 80.0):
+                 image_size: tuple[int, int] | None = None, top_db: float = 80.0,
+                 freq_coord: bool = False, spec_masks: int = 0, mask_fraction: float = 0.1):
         super().__init__()
+        self.freq_coord = freq_coord
+        self.spec_masks, self.mask_fraction = spec_masks, mask_fraction
         if fmax > sample_rate / 2:
             raise ValueError(f"fmax={fmax} Hz is above the Nyquist frequency "
                              f"{sample_rate / 2} Hz of sample_rate={sample_rate}")
@@ -54,6 +60,28 @@ class MelFrontEnd(nn.Module):
         mean = x.mean(dim=(1, 2), keepdim=True)
         std = x.std(dim=(1, 2), keepdim=True)
         x = ((x - mean) / (std + 1e-5)).unsqueeze(1)
+        if self.training and self.spec_masks:
+            x = spec_augment(x, self.spec_masks, self.mask_fraction)
         if self.image_size:
             x = F.interpolate(x, size=self.image_size, mode="bilinear", align_corners=False)
-        return x.expand(-1, self.in_chans, -1, -1) if self.in_chans > 1 else x
+        x = x.expand(-1, self.in_chans, -1, -1) if self.in_chans > 1 else x
+        if self.freq_coord:
+            coord = torch.linspace(0.0, 1.0, x.shape[2], device=x.device, dtype=x.dtype)
+            x = torch.cat([x, coord.view(1, 1, -1, 1).expand(x.shape[0], 1, -1, x.shape[3])], 1)
+        return x
+
+
+def spec_augment(x: torch.Tensor, n_masks: int, fraction: float) -> torch.Tensor:
+    """SpecAugment-style masking of a batch (B, 1, F, T): per example, `n_masks` time bands
+    and `n_masks` frequency bands, each up to `fraction` of the axis, set to 0 (the mean of
+    the standardised image). Drawn with torch's RNG on the tensor's device."""
+    b, _, f, t = x.shape
+    keep = torch.ones(b, 1, f, t, device=x.device, dtype=x.dtype)
+    for axis, size in ((2, f), (3, t)):
+        width = (torch.rand(b, n_masks, device=x.device) * fraction * size).long()
+        start = (torch.rand(b, n_masks, device=x.device) * (size - width)).long()
+        pos = torch.arange(size, device=x.device).view(1, 1, -1)
+        hit = ((pos >= start.unsqueeze(-1)) & (pos < (start + width).unsqueeze(-1))).any(1)
+        shape = (b, 1, size, 1) if axis == 2 else (b, 1, 1, size)
+        keep = keep * (~hit).to(x.dtype).view(shape)
+    return x * keep

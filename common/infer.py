@@ -57,3 +57,60 @@ def predict_recordings(model, cache, recording_ids, window: int, stride: int,
     windows = predict_windows(model, cache, recording_ids, window, stride, batch_size,
                               device, progress)
     return np.stack([w.max(axis=0) for w in windows])
+
+
+def frame_count(n_samples: int, hop: int) -> int:
+    """Frames of a centred STFT over `n_samples`: frame j sits at j * hop samples."""
+    return n_samples // hop + 1
+
+
+def _on_hop_grid(track: np.ndarray, n: int) -> np.ndarray:
+    """(T, K) window track -> (n, K) by linear interpolation (a resized mel image gives the
+    model another frame count than the hop grid; the window's first and last frames match)."""
+    if track.shape[0] == n:
+        return track
+    src = np.linspace(0.0, 1.0, track.shape[0])
+    dst = np.linspace(0.0, 1.0, n)
+    return np.stack([np.interp(dst, src, track[:, k]) for k in range(track.shape[1])], axis=1)
+
+
+@torch.inference_mode()
+def predict_frames(model, cache, recording_ids, window: int, stride: int, batch_size: int = 64,
+                   device: str | torch.device = "cpu", progress: bool = False,
+                   hop: int | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Clip scores and framewise tracks of whole recordings in one pass.
+
+    Returns (scores (N, K): the max over windows of the clip logit, as `predict_recordings`;
+    tracks: per recording a float32 (frame_count(n_samples, hop), K) array of frame_prob
+    stitched over the whole recording, frame j at j * hop samples, the max where windows
+    overlap). `hop` defaults to the model's hop_length (model.model_cfg).
+    """
+    from tqdm.auto import tqdm
+
+    hop = hop or model.model_cfg["hop_length"]
+    device = torch.device(device)
+    model.eval()
+    if not len(recording_ids):
+        return np.zeros((0, 0), np.float32), []
+    lengths = [cache.length(rid) for rid in recording_ids]
+    jobs = [(i, rid, s) for i, rid in enumerate(recording_ids)
+            for s in window_starts(lengths[i], window, stride)]
+    scores = [None] * len(recording_ids)
+    tracks = [None] * len(recording_ids)
+    per_window = frame_count(window, hop)
+    bar = tqdm(range(0, len(jobs), batch_size), desc="infer", leave=False, disable=not progress)
+    for b in bar:
+        chunk = jobs[b:b + batch_size]
+        waves = np.stack([cache.crop(rid, s, window) for _, rid, s in chunk])
+        out = model(torch.from_numpy(waves).to(device))
+        logits = out["clip_logit"].float().cpu().numpy()
+        frames = out["frame_prob"].float().cpu().numpy()
+        for (i, _, start), logit, frame in zip(chunk, logits, frames):
+            scores[i] = logit if scores[i] is None else np.maximum(scores[i], logit)
+            if tracks[i] is None:
+                tracks[i] = np.zeros((frame_count(lengths[i], hop), frame.shape[1]), np.float32)
+            offset = int(round(start / hop))
+            piece = _on_hop_grid(frame, per_window)[:max(tracks[i].shape[0] - offset, 0)]
+            dest = tracks[i][offset:offset + len(piece)]
+            np.maximum(dest, piece, out=dest)
+    return np.stack(scores), tracks

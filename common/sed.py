@@ -21,7 +21,7 @@ from common.cli import ConfigError
 from common.features import MelFrontEnd
 
 MODEL_KEYS = ("backbone", "n_classes", "in_chans", "sample_rate", "n_fft", "hop_length",
-              "n_mels", "fmin", "fmax", "image_size", "dropout", "crop_seconds")
+              "n_mels", "fmin", "fmax", "image_size", "dropout", "crop_seconds", "freq_coord", "spec_masks")
 
 
 def create_backbone(name: str, in_chans: int, pretrained_path: str = "") -> nn.Module:
@@ -94,12 +94,14 @@ class SEDModel(nn.Module):
 
     def __init__(self, model_cfg: dict, pretrained_path: str = ""):
         super().__init__()
-        self.model_cfg = {k: model_cfg[k] for k in MODEL_KEYS}
+        self.model_cfg = {k: model_cfg.get(k, False) for k in MODEL_KEYS}
         c = self.model_cfg
         self.front = MelFrontEnd(c["sample_rate"], c["n_fft"], c["hop_length"], c["n_mels"],
                                  c["fmin"], c["fmax"], in_chans=c["in_chans"],
-                                 image_size=c["image_size"])
-        self.backbone = create_backbone(c["backbone"], c["in_chans"], pretrained_path)
+                                 image_size=c["image_size"], freq_coord=bool(c["freq_coord"]),
+                                 spec_masks=int(c["spec_masks"]))
+        self.backbone = create_backbone(c["backbone"], c["in_chans"] + bool(c["freq_coord"]),
+                                        pretrained_path)
         self.head = AttentionHead(self.backbone.num_features, c["n_classes"], c["dropout"])
 
     def encode(self, wave: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ from common.sed import load_checkpoint, save_checkpoint
 from common.train import fit, save_history
 
 MODEL_FIELDS = ("backbone", "in_chans", "n_fft", "hop_length", "n_mels", "fmin", "fmax",
-                "dropout", "crop_seconds")
+                "dropout", "crop_seconds", "freq_coord", "spec_masks")
 
 
 def parse_size(text: str) -> tuple[int, int] | None:

@@ -1,0 +1,283 @@
+"""Ensemble stage: submission checker, blends (align, rank, OOF weights), odds rescaling,
+event extraction, Raven tables, whole-recording frame tracks, and 05 end to end on a tiny
+fake work dir (an untrained model; no training)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from common import blend, detect, metrics, runs
+from common.infer import frame_count, predict_frames, predict_recordings
+
+CLASSES = ["s0", "s1", "s2"]
+
+
+# ----------------------------------------------------------------------------- submission
+def sample_frame() -> pd.DataFrame:
+    return pd.DataFrame({"recording_id": ["a1", "b2", "c3"], "s0": 0.0, "s1": 0.0, "s2": 0.0})
+
+
+def good_submission() -> pd.DataFrame:
+    sub = sample_frame()
+    sub[CLASSES] = np.arange(9, dtype=float).reshape(3, 3)
+    return sub
+
+
+def test_check_submission_accepts_a_correct_one():
+    blend.check_submission(good_submission(), sample_frame())
+
+
+@pytest.mark.parametrize("break_it,message", [
+    (lambda s: s.assign(recording_id=["a1", "b2", "zz"]), "not in the sample"),
+    (lambda s: s.iloc[[1, 0, 2]].reset_index(drop=True), "another order"),
+    (lambda s: s.drop(columns=["s1"]), "missing ['s1']"),
+    (lambda s: s.rename(columns={"s2": "s9"}), "extra ['s9']"),
+    (lambda s: s[["recording_id", "s1", "s0", "s2"]], "wrong order"),
+    (lambda s: s.iloc[:2], "2 rows"),
+    (lambda s: s.assign(s1=[0.1, np.nan, 0.3]), "column 's1'"),
+    (lambda s: s.assign(s0=[0.1, 0.2, np.inf]), "NaN/inf"),
+    (lambda s: s.assign(s2=["x", "0.1", "0.2"]), "non-numeric"),
+])
+def test_check_submission_rejects(break_it, message):
+    with pytest.raises(ValueError) as err:
+        blend.check_submission(break_it(good_submission()), sample_frame())
+    assert message in str(err.value)
+
+
+def test_make_submission_follows_the_sample_and_fills_missing_ids():
+    sample = pd.DataFrame({"recording_id": ["c3", "a1", "b2"], "s2": 0, "s0": 0, "s1": 0})
+    scores = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])  # for a1, c3 (b2 missing)
+    sub, filled = blend.make_submission(["a1", "c3"], scores, CLASSES, sample)
+    blend.check_submission(sub, sample)
+    assert filled == ["b2"]
+    assert sub.iloc[0].tolist() == ["c3", 6.0, 4.0, 5.0]
+    assert sub.iloc[2, 1:].tolist() == [4.5, 2.5, 3.5]  # column means
+
+
+# ----------------------------------------------------------------------------- blends
+def test_align_standardises_each_run_over_all_entries():
+    a = np.array([[0.0, 2.0], [4.0, 6.0]])          # mean 3, std sqrt(5)
+    b = np.array([[10.0, 10.0], [10.0, 30.0]])      # mean 15, std sqrt(75)
+    za = (a - 3.0) / np.sqrt(5.0)
+    zb = (b - 15.0) / np.sqrt(75.0)
+    np.testing.assert_allclose(blend.standardise(a), za)
+    np.testing.assert_allclose(blend.blend("align", [a, b]), (za + zb) / 2)
+    np.testing.assert_allclose(blend.blend("align", [a, b], [3, 1]), 0.75 * za + 0.25 * zb)
+    # scale and shift of one run do not change the blend
+    np.testing.assert_allclose(blend.blend("align", [5 * a - 7, b]), blend.blend("align", [a, b]))
+
+
+def test_rank_blend_averages_per_class_ranks():
+    a = np.array([[0.1, 9.0], [0.3, 1.0], [0.2, 5.0]])
+    b = np.array([[3.0, 0.0], [1.0, 2.0], [2.0, 1.0]])
+    ra = np.array([[1, 3], [3, 1], [2, 2]]) / 3.0
+    rb = np.array([[3, 1], [1, 3], [2, 2]]) / 3.0
+    np.testing.assert_allclose(blend.blend("rank", [a, b]), (ra + rb) / 2)
+
+
+def test_fast_lwlrap_equals_the_reference():
+    rng = np.random.default_rng(0)
+    truth = (rng.random((60, 7)) < 0.25).astype(float)
+    scores = rng.normal(size=(60, 7)).round(1)  # with ties
+    assert blend.fast_lwlrap(truth, scores) == pytest.approx(metrics.lwlrap(truth, scores), abs=1e-12)
+
+
+def test_simplex_grid():
+    grid = blend.simplex_grid(3, 4)
+    assert len(grid) == 15
+    np.testing.assert_allclose(grid.sum(axis=1), 1.0)
+    assert (grid >= 0).all()
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("m", [1, 2, 3, 7])
+def test_oof_weights_never_worse_than_the_best_single_run(seed, m):
+    rng = np.random.default_rng(seed)
+    truth = (rng.random((80, 6)) < 0.3).astype(float)
+    # runs of mixed quality: signal + noise at different scales and offsets
+    oofs = [rng.normal(size=truth.shape) * rng.uniform(0.5, 3) + truth * rng.uniform(0, 1.5)
+            + rng.normal() for _ in range(m)]
+    weights, score = blend.fit_oof_weights(oofs, truth, steps=5, max_grid=60)
+    assert weights.shape == (m,) and (weights >= 0).all()
+    assert weights.sum() == pytest.approx(1.0)
+    best_single = max(metrics.lwlrap(truth, o) for o in oofs)
+    fitted = metrics.lwlrap(truth, blend.blend("oof", oofs, weights))
+    assert score == pytest.approx(fitted)
+    assert fitted >= best_single
+
+
+# ----------------------------------------------------------------------------- priors
+def test_odds_rescaling_hand_computed():
+    # p = 0.5 (odds 1); train mean 0.2 (odds 1/4), test prior 0.5 (odds 1): f = 4 -> p' = 0.8
+    # p = 0.75 (odds 3); train mean 0.5 (odds 1), test prior 0.1 (odds 1/9): f = 1/9 -> p' = 0.25
+    factor = blend.prior_factor(np.array([0.2, 0.5]), np.array([0.5, 0.1]))
+    np.testing.assert_allclose(factor, [4.0, 1.0 / 9.0])
+    logits = np.log(np.array([[1.0, 3.0]]))  # p = 0.5, 0.75
+    probs = blend.sigmoid(blend.rescale_logits(logits, factor))
+    np.testing.assert_allclose(probs, [[0.8, 0.25]])
+
+
+def test_load_priors(tmp_path):
+    path = tmp_path / "priors.csv"
+    pd.DataFrame({"class": ["s2", "s0", "s1"], "prior": [0.3, 0.1, 0.2]}).to_csv(path, index=False)
+    np.testing.assert_allclose(blend.load_priors(path, CLASSES), [0.1, 0.2, 0.3])
+    pd.DataFrame({"class": ["s0"], "prior": [0.1]}).to_csv(path, index=False)
+    with pytest.raises(ValueError, match="s1"):
+        blend.load_priors(path, CLASSES)
+
+
+# ----------------------------------------------------------------------------- events, Raven
+def test_extract_events_threshold_and_min_duration():
+    track = np.zeros((12, 2))
+    track[2:5, 0] = [0.6, 0.9, 0.7]   # frames 2..4: 0.3 s at hop 0.1 -> kept
+    track[8, 0] = 0.95                 # one frame: 0.1 s -> dropped by min_duration 0.2
+    track[9:12, 1] = [0.5, 0.4, 0.8]   # 0.5 reaches the threshold; 0.4 splits the run
+    track[6:8, 1] = 0.49               # below threshold
+    events = detect.extract_events(track, ["a", "b"], 0.1, threshold=0.5, min_duration=0.1,
+                                   duration=1.15)
+    # frame 11 ends at 1.2 s, clipped to the 1.15 s recording: 0.05 s < 0.1 s, dropped
+    assert events.values.tolist() == [["a", 0.2, 0.5, 0.9], ["a", 0.8, 0.9, 0.95],
+                                      ["b", 0.9, 1.0, 0.5]]
+    longer = detect.extract_events(track, ["a", "b"], 0.1, threshold=0.5, min_duration=0.05,
+                                   duration=1.15)
+    assert longer.values.tolist()[-1] == ["b", 1.1, 1.15, 0.8]
+    kept = detect.extract_events(track, ["a", "b"], 0.1, threshold=0.5, min_duration=0.2)
+    assert kept.values.tolist() == [["a", 0.2, 0.5, 0.9]]
+    assert detect.extract_events(np.zeros((5, 2)), ["a", "b"], 0.1).empty
+
+
+def test_raven_table_round_trip(tmp_path):
+    events = pd.DataFrame({"recording_id": ["r1", "r1", "r2"], "species": ["s1", "s0", "s2"],
+                           "t_start": [0.5, 2.25, 1.0], "t_end": [1.75, 3.0, 4.5],
+                           "peak_score": [0.91, 0.55, 0.7]})
+    ann = pd.DataFrame({"recording_id": ["x", "y"], "class": ["s0", "s0"], "label": [1, 1],
+                        "f_min": [1000.0, 800.0], "f_max": [3000.0, 2500.0]})
+    bands = detect.species_bands(ann, CLASSES, 32000)
+    assert bands == {"s0": (800.0, 3000.0), "s1": (0.0, 16000.0), "s2": (0.0, 16000.0)}
+    paths = detect.write_raven_tables(tmp_path, events, ["r1", "r2", "r3"], bands)
+    assert [p.name for p in paths] == [f"r{i}.Table.1.selections.txt" for i in (1, 2, 3)]
+    header = paths[0].read_text().splitlines()[0].split("\t")
+    assert header == detect.RAVEN_COLUMNS
+    first = paths[0].read_text().splitlines()[1].split("\t")
+    assert first[:3] == ["1", "Spectrogram 1", "1"]
+    back = pd.concat([detect.read_raven(p) for p in paths], ignore_index=True)
+    pd.testing.assert_frame_equal(back[detect.EVENT_COLUMNS], events, check_dtype=False)
+    assert back["f_low"].tolist() == [0.0, 800.0, 0.0]
+    assert detect.read_raven(paths[2]).empty
+
+
+# ----------------------------------------------------------------------------- frame tracks
+class FrameModel(nn.Module):
+    """Frame k < N / hop of a window scores the wave at sample k * hop, the last frame
+    (N // hop + 1 frames, as a centred STFT) its last sample; clip logit = the max frame."""
+
+    model_cfg = {"hop_length": 10}
+
+    def forward(self, wave):
+        frames = torch.cat([wave[:, ::10], wave[:, -1:]], dim=1)[:, :, None]  # (B, T, 1)
+        return {"clip_logit": frames.amax(dim=1), "frame_prob": frames}
+
+
+class ArrayCache:
+    def __init__(self, waves):
+        self.waves = waves
+
+    def length(self, rid):
+        return len(self.waves[rid])
+
+    def crop(self, rid, start, length):
+        out = np.zeros(length, dtype=np.float32)
+        piece = self.waves[rid][start:start + length]
+        out[:len(piece)] = piece
+        return out
+
+
+def test_predict_frames_stitches_windows_with_max():
+    ramp = np.arange(200, dtype=np.float32) / 200
+    bump = np.zeros(55, dtype=np.float32)
+    bump[30] = 0.9                                                 # a recording shorter than a window
+    cache = ArrayCache({"ramp": ramp, "bump": bump})
+    scores, tracks = predict_frames(FrameModel(), cache, ["ramp", "bump"], window=60, stride=40,
+                                    batch_size=3)
+    assert tracks[0].shape == (frame_count(200, 10), 1) and tracks[1].shape == (6, 1)
+    # every frame j of the ramp sees sample j * 10 (windows start on multiples of the hop)
+    np.testing.assert_allclose(tracks[0][:20, 0], ramp[::10], rtol=1e-6)
+    assert tracks[0][20, 0] == ramp[199]                           # the last window's last frame
+    np.testing.assert_allclose(tracks[1][:, 0], [0, 0, 0, 0.9, 0, 0], rtol=1e-6)
+    np.testing.assert_allclose(scores, predict_recordings(FrameModel(), cache, ["ramp", "bump"],
+                                                          60, 40), rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- end to end
+def fake_work_dir(tmp_path):
+    """A preprocessing run, one stage-1 run with an untrained tiny model, and INPUT_DIR."""
+    from common.sed import build_model, save_checkpoint
+    sr, rng = 8000, np.random.default_rng(0)
+    work, data = tmp_path / "work", tmp_path / "data"
+    prep_dir = work / "preprocess" / "p0"
+    train_ids, test_ids = [f"tr{i}" for i in range(6)], [f"te{i}" for i in range(5)]
+    recs = [(r, "train", 2.0, 2 * sr) for r in train_ids] + [(r, "test", 2.5, int(2.5 * sr))
+                                                              for r in test_ids]
+    for rid, _, _, n in recs:
+        (prep_dir / "waves").mkdir(parents=True, exist_ok=True)
+        np.save(prep_dir / "waves" / f"{rid}.npy", (0.1 * rng.normal(size=n)).astype(np.float16))
+    runs.save_csv(prep_dir / "recordings.csv",
+                  pd.DataFrame(recs, columns=["recording_id", "split", "duration", "n_samples"]))
+    runs.save_csv(prep_dir / "annotations.csv", pd.DataFrame(
+        [(r, CLASSES[i % 3], 0.2, 1.0, 500.0, 2000.0, 1) for i, r in enumerate(train_ids)],
+        columns=["recording_id", "class", "t_min", "t_max", "f_min", "f_max", "label"]))
+    runs.save_csv(prep_dir / "folds.csv", pd.DataFrame(
+        {"recording_id": train_ids, "fold": [0, 1] * 3, "has_tp": True}))
+    runs.save_json(prep_dir / "classes.json", {"classes": CLASSES, "sample_rate": sr})
+    runs.write_manifest(prep_dir, "preprocess", {}, {}, [], {}, finished=True)
+    mcfg = {"backbone": "resnet10t", "n_classes": 3, "in_chans": 1, "sample_rate": sr,
+            "n_fft": 256, "hop_length": 128, "n_mels": 32, "fmin": 50.0, "fmax": 4000.0,
+            "image_size": None, "dropout": 0.0, "crop_seconds": 1.0, "freq_coord": False}
+    run_dir = work / "stage1" / "r0"
+    torch.manual_seed(0)
+    for fold in (0, 1):
+        save_checkpoint(run_dir / f"fold{fold}.pth", build_model(mcfg), {"fold": fold})
+    oof = pd.DataFrame(rng.normal(size=(6, 3)), columns=CLASSES)
+    oof.insert(0, "recording_id", train_ids)
+    runs.save_csv(run_dir / "oof.csv", oof)
+    runs.save_json(run_dir / "metrics.json", {"cv_lwlrap": 0.5, "folds": [0, 1],
+                                              "fold_lwlrap": {"0": 0.6, "1": 0.4}})
+    runs.write_manifest(run_dir, "stage1", {}, {"preprocess": "p0"}, [], {}, finished=True)
+    data.mkdir()
+    pd.DataFrame({"recording_id": test_ids[::-1], **{c: 0 for c in CLASSES}}).to_csv(
+        data / "sample_submission.csv", index=False)
+    pd.DataFrame({"recording_id": test_ids, "s0": 1, "s1": [0, 1, 0, 1, 0], "s2": 0}).to_csv(
+        data / "test_truth.csv", index=False)
+    return work, data
+
+
+def test_ensemble_end_to_end(tmp_path, scripts):
+    work, data = fake_work_dir(tmp_path)
+    ens = scripts("05_ensemble")
+    cfg = ens.CFG(input_dir=str(data), work_dir=str(work), tag="e0", n_pictures=2,
+                  prior_scaling="estimate", event_threshold=0.3, min_event_seconds=0.0,
+                  infer_batch=4)
+    out = ens.main(cfg)
+    run_dir = work / "ensemble" / "e0"
+    sub = pd.read_csv(run_dir / "submission.csv", dtype={"recording_id": str})
+    blend.check_submission(sub, pd.read_csv(data / "sample_submission.csv", dtype=str))
+    rep = json.loads((run_dir / "report.json").read_text())
+    assert [r["run"] for r in rep["rows"]] == ["stage1/r0", "blend (align)"]
+    assert {"test_lwlrap", "test_lwlrap_prior", "test_f1", "resolution"} <= set(rep["rows"][0])
+    summary = json.loads((work / "summary.json").read_text())["ensemble"]
+    assert {"test_lwlrap", "cv_lwlrap", "submission"} <= set(summary)
+    assert summary["submission"] == str(run_dir / "submission.csv")
+    assert runs.read_manifest(run_dir)["finished"]
+    assert len(list((run_dir / "raven").glob("*.txt"))) == 5
+    det = pd.read_csv(run_dir / "detections.csv")
+    assert list(det.columns) == detect.EVENT_COLUMNS
+    assert (run_dir / "pictures" / "te0.png").is_file()
+    assert (run_dir / "pictures" / "species_ap.png").is_file()
+    assert (run_dir / "test_stage1_r0.csv").is_file()
+    assert "| blend (align)" in (run_dir / "report.md").read_text()
+    assert out["rows"][-1]["test_lwlrap"] == pytest.approx(summary["test_lwlrap_no_prior"])
