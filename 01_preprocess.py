@@ -24,7 +24,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from common import audio, data, paths, runs
-from common.cli import ConfigError, cfg_dict, parse_cfg
+from common.cli import ConfigError, cfg_dict, run
 
 
 @dataclass
@@ -156,7 +156,4 @@ def main(cfg: CFG) -> Path:
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_cfg(CFG, "preprocess"))
-    except ConfigError as err:
-        raise SystemExit(f"error: {err}")
+    run(main, CFG, "preprocess")

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from common import paths, runs, stage
-from common.cli import ConfigError, cfg_dict, parse_cfg
+from common.cli import cfg_dict, run
 from common.data import CropDataset, split_fold
 from common.infer import resolve_device
 from common.losses import get_loss
@@ -124,7 +124,4 @@ def main(cfg: CFG) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_cfg(CFG, "stage1"))
-    except ConfigError as err:
-        raise SystemExit(f"error: {err}")
+    run(main, CFG, "stage1")

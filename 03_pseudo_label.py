@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from common import metrics, paths, runs
-from common.cli import ConfigError, cfg_dict, parse_cfg
+from common.cli import ConfigError, cfg_dict, run
 from common.data import overlap_hit
 from common.infer import predict_windows, resolve_device
 from common.prepared import load_prepared
@@ -173,7 +173,4 @@ def main(cfg: CFG) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_cfg(CFG, "pseudo"))
-    except ConfigError as err:
-        raise SystemExit(f"error: {err}")
+    run(main, CFG, "pseudo")

@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 
 from common import paths, runs, stage
-from common.cli import ConfigError, cfg_dict, parse_cfg
+from common.cli import cfg_dict, run
 from common.data import CropDataset, split_fold
 from common.infer import resolve_device
 from common.losses import masked_focal_loss
@@ -179,10 +179,7 @@ def stage_of(argv: list[str]) -> str:
 
 
 if __name__ == "__main__":
-    try:
-        name = stage_of(sys.argv[1:])
-        if name not in ("stage2", "stage3"):
-            raise ConfigError(f"--stage={name}: choose stage2 or stage3")
-        main(parse_cfg(CFG, name, defaults=STAGE2_DEFAULTS if name == "stage2" else None))
-    except ConfigError as err:
-        raise SystemExit(f"error: {err}")
+    name = stage_of(sys.argv[1:])
+    if name not in ("stage2", "stage3"):
+        raise SystemExit(f"error: --stage={name}: choose stage2 or stage3")
+    run(main, CFG, name, defaults=STAGE2_DEFAULTS if name == "stage2" else None)

@@ -32,8 +32,8 @@ import pandas as pd
 import torch
 
 from common import blend, detect, metrics, paths, plots, report, runs, stage
-from common.cli import ConfigError, cfg_dict, parse_cfg
-from common.infer import frame_count, predict_frames, resolve_device
+from common.cli import ConfigError, cfg_dict, run
+from common.infer import frame_count, predict_frames, resample_frames, resolve_device
 from common.prepared import load_prepared
 from common.sed import load_checkpoint
 
@@ -140,32 +140,11 @@ def infer_run(cfg: CFG, info: dict, prep, ids: list, tracks: dict, grid: dict,
             parts.append(scores)
             for rid, track in zip(chunk, frames):
                 if rid in tracks:  # float32 throughout: a full RFCx test set is ~1 GB of tracks
-                    track = to_grid(track, hop_s, grid["n"][rid], grid["hop_s"])
+                    track = resample_frames(track, hop_s, grid["n"][rid], grid["hop_s"])
                     tracks[rid] += float(run_weight * w) * track
         logits = logits + w * np.concatenate(parts)
         print(f"  {info['name']} fold {fold}: {len(ids)} test recordings scored", flush=True)
     return logits
-
-
-def to_grid(track: np.ndarray, hop_s: float, n: int, grid_hop_s: float) -> np.ndarray:
-    """(T, K) track with frames every hop_s s -> (n, K) with frames every grid_hop_s s."""
-    if track.shape[0] == n and abs(hop_s - grid_hop_s) < 1e-9:
-        return track
-    src, dst = np.arange(track.shape[0]) * hop_s, np.arange(n) * grid_hop_s
-    return np.stack([np.interp(dst, src, track[:, k]) for k in range(track.shape[1])],
-                    1).astype(np.float32)
-
-
-def priors_of(cfg: CFG, info: dict, logits: np.ndarray, classes: list) -> np.ndarray:
-    """Per-class factor f of the prior rescaling for one run (ones when switched off)."""
-    if cfg.prior_scaling == "none":
-        return np.ones(len(classes))
-    train_mean = blend.sigmoid(info["oof"][classes].to_numpy()).mean(axis=0)
-    if cfg.prior_scaling == "estimate":
-        test_prior = blend.sigmoid(logits).mean(axis=0)
-    else:
-        test_prior = blend.load_priors(cfg.prior_scaling, classes)
-    return blend.prior_factor(train_mean, test_prior)
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -180,14 +159,6 @@ def score_test(found, ids: list, scores: np.ndarray, probs: np.ndarray | None = 
     if probs is not None:
         out["test_f1"] = metrics.f1_at(truth, probs[rows])["f1"]
     return out
-
-
-def read_sample(cfg: CFG, ids: list, classes: list) -> pd.DataFrame:
-    path = Path(cfg.input_dir) / "sample_submission.csv"
-    if path.is_file():
-        return pd.read_csv(path, dtype=str)  # ids keep leading zeros; values are not used
-    print(f"warning: no {path}; the submission lists every test recording x class", flush=True)
-    return pd.DataFrame({"recording_id": ids, **{c: 0.0 for c in classes}})
 
 
 def write_detections(cfg: CFG, run_dir: Path, tracks: dict, prep, grid: dict) -> pd.DataFrame:
@@ -247,7 +218,7 @@ def render_report(cfg: CFG, rows: list, facts: dict) -> str:
     cols = [c for c in ("run", "backbone", "resolution", "folds", "weight", "cv_lwlrap",
                         "oof_common", "test_lwlrap", "test_lwlrap_prior", "test_f1")
             if any(c in r for r in rows)]
-    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else ("" if v is None else str(v))  # noqa: E731
+    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else "" if v is None else str(v)  # noqa
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
     notes = [f"- blend: {cfg.blend}; prior scaling: {cfg.prior_scaling}",
@@ -279,7 +250,8 @@ def check_cfg(cfg: CFG) -> None:
 def blend_test(cfg: CFG, infos: list, weights, classes: list) -> dict:
     """Blended test scores without and with prior rescaling, and blended probabilities."""
     for info in infos:
-        factor = priors_of(cfg, info, info["test"], classes)
+        factor = blend.prior_factor_of(cfg.prior_scaling, info["oof"][classes].to_numpy(),
+                                       info["test"], classes)
         info["test_prior"] = blend.rescale_logits(info["test"], factor)
     return {"plain": blend.blend(cfg.blend, [i["test"] for i in infos], weights),
             "scaled": blend.blend(cfg.blend, [i["test_prior"] for i in infos], weights),
@@ -305,7 +277,7 @@ def write_outputs(cfg: CFG, run_dir: Path, prep, infos: list, fitted: dict, trac
     ids = prep.ids("test")
     out = blend_test(cfg, infos, fitted["weights"], prep.classes)
     final = out["plain"] if cfg.prior_scaling == "none" else out["scaled"]
-    sample = read_sample(cfg, ids, prep.classes)
+    sample = blend.read_sample(Path(cfg.input_dir) / "sample_submission.csv", ids, prep.classes)
     sub, filled = blend.make_submission(ids, final, prep.classes, sample)
     blend.check_submission(sub, sample)
     runs.save_csv(run_dir / "submission.csv", sub)
@@ -373,7 +345,4 @@ def main(cfg: CFG) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_cfg(CFG, "ensemble"))
-    except ConfigError as err:
-        raise SystemExit(f"error: {err}")
+    run(main, CFG, "ensemble")

@@ -138,6 +138,20 @@ def rescale_logits(logits: np.ndarray, factor: np.ndarray) -> np.ndarray:
     return np.asarray(logits, dtype=np.float64) + np.log(np.asarray(factor, dtype=np.float64))
 
 
+def prior_factor_of(mode: str, oof_logits: np.ndarray, test_logits: np.ndarray,
+                    classes: list) -> np.ndarray:
+    """Per-class f of one run: `none` -> ones; the train odds are those of the run's mean OOF
+    probability; the test prior is the mean test probability (`estimate`) or a CSV path."""
+    if mode == "none":
+        return np.ones(len(classes))
+    train_mean = sigmoid(oof_logits).mean(axis=0)
+    if mode == "estimate":
+        test_prior = sigmoid(test_logits).mean(axis=0)
+    else:
+        test_prior = load_priors(mode, classes)
+    return prior_factor(train_mean, test_prior)
+
+
 def load_priors(path, classes: list) -> np.ndarray:
     """(K,) test priors from a CSV with columns class,prior (every class, 0 < prior < 1)."""
     path = Path(path)
@@ -159,6 +173,15 @@ def load_priors(path, classes: list) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- submission
+def read_sample(path, ids: list, classes: list) -> pd.DataFrame:
+    """The sample submission (all text: ids keep leading zeros; its values are not used), or
+    when there is none, a frame of every test recording x class."""
+    if Path(path).is_file():
+        return pd.read_csv(path, dtype=str)
+    print(f"warning: no {path}; the submission lists every test recording x class", flush=True)
+    return pd.DataFrame({"recording_id": [str(i) for i in ids], **{c: 0.0 for c in classes}})
+
+
 def check_submission(sub: pd.DataFrame, sample: pd.DataFrame) -> None:
     """Raise ValueError saying what differs from the sample submission's shape."""
     if list(sub.columns) != list(sample.columns):
@@ -173,7 +196,7 @@ def check_submission(sub: pd.DataFrame, sample: pd.DataFrame) -> None:
     if (ours != theirs).any():
         unknown = sorted(set(ours) - set(theirs))[:5]
         first = int(np.flatnonzero(ours != theirs)[0])
-        what = f"ids not in the sample {unknown}" if unknown else "the sample's ids in another order"
+        what = f"ids not in the sample {unknown}" if unknown else "sample ids in another order"
         raise ValueError(f"submission {key} differs from the sample at row {first} "
                          f"({ours[first]!r} vs {theirs[first]!r}): {what}")
     values = sub[list(sample.columns[1:])]

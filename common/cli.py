@@ -148,3 +148,12 @@ def parse_cfg(cls, stage: str, argv: list[str] | None = None, defaults: dict | N
 
 def cfg_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
+
+
+def run(main, cls, stage: str, defaults: dict | None = None):
+    """Script entry point: parse the CFG and call main(cfg); a ConfigError (a user's
+    configuration or data mistake) ends the process with its message, not a traceback."""
+    try:
+        return main(parse_cfg(cls, stage, defaults=defaults))
+    except ConfigError as err:
+        raise SystemExit(f"error: {err}") from None

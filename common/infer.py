@@ -74,6 +74,16 @@ def _on_hop_grid(track: np.ndarray, n: int) -> np.ndarray:
     return np.stack([np.interp(dst, src, track[:, k]) for k in range(track.shape[1])], axis=1)
 
 
+def resample_frames(track: np.ndarray, hop_s: float, n: int, grid_hop_s: float) -> np.ndarray:
+    """(T, K) track with frame j at j * hop_s seconds -> float32 (n, K) with frame j at
+    j * grid_hop_s (linear interpolation; held constant past the last frame)."""
+    if track.shape[0] == n and abs(hop_s - grid_hop_s) < 1e-9:
+        return track
+    src, dst = np.arange(track.shape[0]) * hop_s, np.arange(n) * grid_hop_s
+    return np.stack([np.interp(dst, src, track[:, k]) for k in range(track.shape[1])],
+                    axis=1).astype(np.float32)
+
+
 @torch.inference_mode()
 def predict_frames(model, cache, recording_ids, window: int, stride: int, batch_size: int = 64,
                    device: str | torch.device = "cpu", progress: bool = False,

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -33,6 +34,22 @@ def run_script(name: str, *args: str, check: bool = True) -> subprocess.Complete
         raise AssertionError(f"{name} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
                              f"{proc.stderr[-5000:]}")
     return proc
+
+
+class ArrayCache:
+    """In-memory stand-in for common.audio.WaveCache: length() and zero-padded crop()."""
+
+    def __init__(self, waves: dict):
+        self.waves = waves
+
+    def length(self, rid):
+        return len(self.waves[rid])
+
+    def crop(self, rid, start, length):
+        out = np.zeros(length, dtype=np.float32)
+        piece = self.waves[rid][max(0, start):max(0, start) + length]
+        out[:len(piece)] = piece
+        return out
 
 
 @pytest.fixture(scope="session")

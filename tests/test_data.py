@@ -9,6 +9,7 @@ import torch
 from common.cli import ConfigError
 from common.data import (ANNOTATION_COLUMNS, RFCX_COLUMNS, CropDataset, crop_start, make_folds,
                          read_table, rfcx_annotations, rfcx_classes, split_fold, window_labels)
+from tests.conftest import ArrayCache
 
 CLASSES = ["s0", "s1", "s2", "s3"]
 INDEX = {c: i for i, c in enumerate(CLASSES)}
@@ -232,18 +233,6 @@ def test_window_labels_min_overlap_setting():
 
 
 # ----------------------------------------------------------------------------- CropDataset
-class ArrayCache:
-    def __init__(self, waves):
-        self.waves = waves
-
-    def length(self, rid):
-        return len(self.waves[rid])
-
-    def crop(self, rid, start, length):
-        out = np.zeros(length, dtype=np.float32)
-        piece = self.waves[rid][max(0, start):max(0, start) + length]
-        out[:len(piece)] = piece
-        return out
 
 
 def make_dataset(seed=5):

@@ -13,6 +13,7 @@ from torch import nn
 
 from common import blend, detect, metrics, runs
 from common.infer import frame_count, predict_frames, predict_recordings
+from tests.conftest import ArrayCache
 
 CLASSES = ["s0", "s1", "s2"]
 
@@ -34,7 +35,7 @@ def test_check_submission_accepts_a_correct_one():
 
 @pytest.mark.parametrize("break_it,message", [
     (lambda s: s.assign(recording_id=["a1", "b2", "zz"]), "not in the sample"),
-    (lambda s: s.iloc[[1, 0, 2]].reset_index(drop=True), "another order"),
+    (lambda s: s.iloc[[1, 0, 2]].reset_index(drop=True), "in another order"),
     (lambda s: s.drop(columns=["s1"]), "missing ['s1']"),
     (lambda s: s.rename(columns={"s2": "s9"}), "extra ['s9']"),
     (lambda s: s[["recording_id", "s1", "s0", "s2"]], "wrong order"),
@@ -181,20 +182,6 @@ class FrameModel(nn.Module):
     def forward(self, wave):
         frames = torch.cat([wave[:, ::10], wave[:, -1:]], dim=1)[:, :, None]  # (B, T, 1)
         return {"clip_logit": frames.amax(dim=1), "frame_prob": frames}
-
-
-class ArrayCache:
-    def __init__(self, waves):
-        self.waves = waves
-
-    def length(self, rid):
-        return len(self.waves[rid])
-
-    def crop(self, rid, start, length):
-        out = np.zeros(length, dtype=np.float32)
-        piece = self.waves[rid][start:start + length]
-        out[:len(piece)] = piece
-        return out
 
 
 def test_predict_frames_stitches_windows_with_max():

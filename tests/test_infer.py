@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from common.infer import predict_recordings, predict_windows, resolve_device, window_starts
+from tests.conftest import ArrayCache
 
 
 # ----------------------------------------------------------------------------- windows
@@ -61,18 +62,6 @@ class MeanMaxModel(nn.Module):
         return {"clip_logit": torch.stack([mean, -mean, wave.amax(dim=1)], dim=1)}
 
 
-class ArrayCache:
-    def __init__(self, waves):
-        self.waves = waves
-
-    def length(self, rid):
-        return len(self.waves[rid])
-
-    def crop(self, rid, start, length):
-        out = np.zeros(length, dtype=np.float32)
-        piece = self.waves[rid][start:start + length]
-        out[:len(piece)] = piece
-        return out
 
 
 def make_cache():

@@ -13,24 +13,13 @@ import torch
 from common.data import CropDataset, window_labels
 from common.losses import masked_focal_loss, masked_focal_terms
 from common.sampling import TwoStreamSampler, endless_slice
+from tests.conftest import ArrayCache
 
 LN2 = math.log(2.0)
 CLASSES = ["s0", "s1", "s2"]
 INDEX = {c: i for i, c in enumerate(CLASSES)}
 
 
-class ArrayCache:
-    def __init__(self, waves):
-        self.waves = waves
-
-    def length(self, rid):
-        return len(self.waves[rid])
-
-    def crop(self, rid, start, length):
-        out = np.zeros(length, dtype=np.float32)
-        piece = self.waves[rid][start:start + length]
-        out[:len(piece)] = piece
-        return out
 
 
 def ann(rows):
