@@ -77,7 +77,7 @@ def predict_all(cfg, src_dir, folds, prep, plan, seen, window, device) -> dict:
         model, _ = load_checkpoint(src_dir / f"fold{fold}.pth", device)
         starts = [[int(round(s * prep.sample_rate)) for s in plan[rid]] for rid in ids]
         logits = predict_windows(model, prep.cache, ids, window, window, cfg.infer_batch,
-                                 device, progress=True, starts=starts)
+                                 device, progress=None, starts=starts)
         for rid, lg in zip(ids, logits):
             out[rid].append(1.0 / (1.0 + np.exp(-lg)))
     return {rid: np.stack(p) for rid, p in out.items() if p}

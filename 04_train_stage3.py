@@ -97,7 +97,7 @@ def make_fold(cfg: CFG, prep, fold: int, init_dir, pseudo, device):
     ann = prep.annotations[prep.annotations["recording_id"].isin(train_ids)]
     tp_rows = ann[ann["label"] > 0]
     fp_rows = ann[ann["label"] < 0]
-    fold_pseudo = None
+    fold_pseudo, n_real_tp = None, len(tp_rows)
     if pseudo is not None:  # never train on the fold's validation recordings, pseudo or not
         fold_pseudo = pseudo[~pseudo["recording_id"].isin(val_ids)]
         if cfg.pseudo_in_tp_stream:
@@ -107,7 +107,7 @@ def make_fold(cfg: CFG, prep, fold: int, init_dir, pseudo, device):
                           prep.durations, seed=cfg.seed + fold, min_overlap=cfg.min_overlap,
                           pseudo=fold_pseudo)
     sampler = TwoStreamSampler(len(tp_rows), len(fp_rows), cfg.tp_per_batch, cfg.fp_per_batch,
-                               seed=cfg.seed + fold)
+                               seed=cfg.seed + fold, tp_epoch_rows=n_real_tp)
 
     def make_loader(epoch):
         dataset.set_epoch(epoch)

@@ -6,6 +6,8 @@ PYTHON := $(VENV)/bin/python
 INPUT_DIR ?= data/demo
 WORK_DIR ?= work
 PROFILE ?= profiles/demo.json
+# a second, differently built model for the ensemble (05 blends it with the stage-3 run)
+SECOND_BACKBONE ?= mobilenetv3_small_100
 ARGS := --cfg_file=$(PROFILE) --input_dir=$(INPUT_DIR) --work_dir=$(WORK_DIR)
 
 .PHONY: install demo rounds test clean
@@ -25,6 +27,8 @@ demo: install
 	$(PYTHON) 04_train_stage3.py --stage=stage2 $(ARGS) && \
 	$(PYTHON) 03_pseudo_label.py --source=stage2 $(ARGS) && \
 	$(PYTHON) 04_train_stage3.py --stage=stage3 $(ARGS) --memo="round 1" && \
+	$(PYTHON) 02_train_stage1.py $(ARGS) --backbone=$(SECOND_BACKBONE) --memo="second backbone" && \
+	$(PYTHON) 05_ensemble.py $(ARGS) --runs=stage3/latest,stage1/latest && \
 	$(PYTHON) -m common.report --work_dir=$(WORK_DIR) --seconds=$$(( $$(date +%s) - start ))
 
 # More pseudo-label rounds after `make demo`: each round labels with the latest stage-3

@@ -41,7 +41,8 @@ def predict_windows(model, cache, recording_ids, window: int, stride: int, batch
         starts = [window_starts(cache.length(rid), window, stride) for rid in recording_ids]
     jobs = [(i, rid, s) for i, rid in enumerate(recording_ids) for s in starts[i]]
     per_rec: list[list] = [[] for _ in recording_ids]
-    bar = tqdm(range(0, len(jobs), batch_size), desc="infer", leave=False, disable=not progress)
+    bar = tqdm(range(0, len(jobs), batch_size), desc="infer", leave=False,
+               disable=None if progress is None else not progress)  # None: bar on a tty only
     for b in bar:
         chunk = jobs[b:b + batch_size]
         waves = np.stack([cache.crop(rid, s, window) for _, rid, s in chunk])
@@ -108,7 +109,8 @@ def predict_frames(model, cache, recording_ids, window: int, stride: int, batch_
     scores = [None] * len(recording_ids)
     tracks = [None] * len(recording_ids)
     per_window = frame_count(window, hop)
-    bar = tqdm(range(0, len(jobs), batch_size), desc="infer", leave=False, disable=not progress)
+    bar = tqdm(range(0, len(jobs), batch_size), desc="infer", leave=False,
+               disable=None if progress is None else not progress)  # None: bar on a tty only
     for b in bar:
         chunk = jobs[b:b + batch_size]
         waves = np.stack([cache.crop(rid, s, window) for _, rid, s in chunk])

@@ -54,8 +54,9 @@ def masked_focal_loss(logits: torch.Tensor, labels: torch.Tensor, labels_b: torc
                       lam: float = 1.0, gamma: float = 2.0, w_pos: float = 2.0, w_neg: float = 1.0,
                       w_zero: float = 1.0, zero_target: float = 0.45,
                       mix_negative: bool = False) -> torch.Tensor:
-    """Stage-2/3 loss: (w_pos * pos + w_neg * neg + w_zero * zero) summed over classes,
-    averaged over the batch.
+    """Stage-2/3 loss: w_pos * pos + w_neg * neg + w_zero * zero, each term the mean over the
+    batch entries its mask selects (so ~20 unknown classes per crop do not outweigh the one
+    or two labelled ones; a term with no entry is 0).
 
     With last-layer mixup the logits are of mixed features `lam * a + (1 - lam) * b`; then
     the positive and zero terms are mixed by lam: lam * T(labels) + (1 - lam) * T(labels_b).
@@ -65,17 +66,25 @@ def masked_focal_loss(logits: torch.Tensor, labels: torch.Tensor, labels_b: torc
     the negative term by lam like the others instead.
     """
     ta = masked_focal_terms(logits, labels, gamma, zero_target)
+    pos_zero = lambda t, y: w_pos * _mean(t["pos"], y > 0.5) \
+        + w_zero * _mean(t["zero"], y.abs() <= 0.5)  # noqa: E731
     if labels_b is None:
-        total = w_pos * ta["pos"] + w_neg * ta["neg"] + w_zero * ta["zero"]
-        return total.sum(dim=1).mean()
+        return pos_zero(ta, labels) + w_neg * _mean(ta["neg"], labels < -0.5)
     tb = masked_focal_terms(logits, labels_b, gamma, zero_target)
-    mixed = lam * (w_pos * ta["pos"] + w_zero * ta["zero"]) \
-        + (1 - lam) * (w_pos * tb["pos"] + w_zero * tb["zero"])
+    mixed = lam * pos_zero(ta, labels) + (1 - lam) * pos_zero(tb, labels_b)
     if mix_negative:
-        neg = lam * ta["neg"] + (1 - lam) * tb["neg"]
+        neg = lam * _mean(ta["neg"], labels < -0.5) + (1 - lam) * _mean(tb["neg"], labels_b < -0.5)
     else:
-        neg = ta["neg"] * (labels_b <= 0.5) + tb["neg"] * (labels <= 0.5)
-    return (mixed + w_neg * neg).sum(dim=1).mean()
+        mask_a = (labels < -0.5) & (labels_b <= 0.5)
+        mask_b = (labels_b < -0.5) & (labels <= 0.5)
+        neg = (ta["neg"] * mask_a).sum() + (tb["neg"] * mask_b).sum()
+        neg = neg / (mask_a.sum() + mask_b.sum()).clamp_min(1)
+    return mixed + w_neg * neg
+
+
+def _mean(term: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `term` over the entries where `mask` holds (0 when none does)."""
+    return (term * mask).sum() / mask.sum().clamp_min(1)
 
 
 LOSSES = {"lsep": lsep_loss, "bce": bce_loss}

@@ -28,10 +28,15 @@ def endless_slice(n: int, start: int, count: int, seed: int) -> np.ndarray:
 class TwoStreamSampler(torch.utils.data.Sampler):
     """Yields lists of dataset indices: TP rows are 0..n_tp-1, FP rows n_tp..n_tp+n_fp-1."""
 
-    def __init__(self, n_tp: int, n_fp: int, tp_per_batch: int, fp_per_batch: int, seed: int = 0):
+    def __init__(self, n_tp: int, n_fp: int, tp_per_batch: int, fp_per_batch: int, seed: int = 0,
+                 tp_epoch_rows: int | None = None):
+        """`tp_epoch_rows` (< n_tp) sets the epoch to tp_epoch_rows // tp_per_batch batches
+        and draws the TP stream endlessly too: stage 3 adds thousands of pseudo-positive
+        windows to the TP stream but keeps the recipe's epoch length (#TP rows)."""
         if n_tp < tp_per_batch or tp_per_batch < 1:
             raise ValueError(f"{n_tp} TP rows cannot fill batches of {tp_per_batch} TP rows")
         self.n_tp, self.n_fp = n_tp, n_fp
+        self.tp_epoch_rows = min(tp_epoch_rows or n_tp, n_tp)
         self.tp_per_batch = tp_per_batch
         self.fp_per_batch = fp_per_batch if n_fp > 0 else 0
         self.seed, self.epoch = seed, 0
@@ -40,11 +45,15 @@ class TwoStreamSampler(torch.utils.data.Sampler):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.n_tp // self.tp_per_batch
+        return self.tp_epoch_rows // self.tp_per_batch
 
     def __iter__(self):
         n_batches = len(self)
-        tp = np.random.default_rng([self.seed, 1_000_003, self.epoch]).permutation(self.n_tp)
+        if self.tp_epoch_rows == self.n_tp:
+            tp = np.random.default_rng([self.seed, 1_000_003, self.epoch]).permutation(self.n_tp)
+        else:
+            count = n_batches * self.tp_per_batch
+            tp = endless_slice(self.n_tp, self.epoch * count, count, self.seed + 1_000_003)
         fp_count = n_batches * self.fp_per_batch
         fp = endless_slice(self.n_fp, self.epoch * fp_count, fp_count, self.seed) + self.n_tp \
             if fp_count else np.empty(0, dtype=np.int64)

@@ -41,6 +41,8 @@ def pipeline(tiny_demo):
     logs["03"] = run_script("03_pseudo_label", "--cfg_file=profiles/demo.json", "--min_votes=2",
                             *io).stdout
     logs["04s3"] = run_script("04_train_stage3", *TRAIN, *io).stdout
+    logs["05"] = run_script("05_ensemble", "--cfg_file=profiles/demo.json",
+                            "--runs=stage3/latest,stage1/latest", "--n_pictures=1", *io).stdout
     return work, logs
 
 
@@ -84,7 +86,7 @@ def test_stage1_artifacts_and_summary(pipeline):
         assert 0 <= summary["stage1"][key] <= (1 if key != "seconds" else 1e5)
     assert "CV LWLRAP" in logs["02"] and "prevalence baseline" in logs["02"]
     table = (work / "experiments.md").read_text()
-    assert "mobilenetv3_small_100" in table and "64x321" in table
+    assert "resnet10t" in table and "64x161" in table
 
 
 def test_checkpoint_is_self_describing(pipeline):
@@ -92,7 +94,7 @@ def test_checkpoint_is_self_describing(pipeline):
     model, ckpt = load_checkpoint(only_run(work, "stage1") / "fold0.pth")
     assert ckpt["fold"] == 0 and ckpt["model_cfg"]["n_classes"] == 24
     out = model(torch.zeros(2, 5 * 32000))
-    assert out["clip_logit"].shape == (2, 24) and out["frame_prob"].shape == (2, 321, 24)
+    assert out["clip_logit"].shape == (2, 24) and out["frame_prob"].shape == (2, 161, 24)
 
 
 def test_stage2_pseudo_stage3_chain(pipeline):
@@ -115,6 +117,21 @@ def test_stage2_pseudo_stage3_chain(pipeline):
     pseudo_test = set(table.loc[table["label"] > 0, "recording_id"].astype(str)) & test_ids
     # stage 3 trains on the test recordings that got pseudo positives
     assert pseudo_test <= set(trained["recording_id"].astype(str))
+
+
+def test_ensemble_writes_a_checked_submission(pipeline, tiny_demo):
+    work, logs = pipeline
+    _, data = tiny_demo
+    run = only_run(work, "ensemble")
+    sub = pd.read_csv(run / "submission.csv")
+    sample = pd.read_csv(data / "sample_submission.csv")
+    assert list(sub.columns) == list(sample.columns)
+    assert list(sub["recording_id"]) == list(sample["recording_id"])
+    assert not sub.isna().any().any()
+    summary = json.loads((work / "summary.json").read_text())
+    assert 0 <= summary["ensemble"]["test_lwlrap"] <= 1
+    assert summary["ensemble"]["submission"].endswith("submission.csv")
+    assert (run / "report.md").exists()
 
 
 def test_missing_column_stops_with_its_name(tiny_demo, tmp_path):

@@ -117,16 +117,29 @@ def test_masked_focal_loss_weights_and_stage2_zero_off():
     assert masked_focal_loss(z, y, w_zero=0.0).item() == pytest.approx(0.5 * LN2 + LN2, rel=1e-5)
 
 
+def test_each_term_is_a_mean_over_its_entries():
+    # 1 positive, 1 negative and 10 unknown entries: the unknowns weigh like one term
+    z = torch.tensor([[2.0, -1.0] + [0.5] * 10])
+    y = torch.tensor([[1.0, -1.0] + [0.0] * 10])
+    p = torch.sigmoid(z[0])
+    pos = -torch.log(p[0]) * (1 - p[0]) ** 2
+    neg = -torch.log(1 - p[1])
+    zero = -(0.45 * torch.log(p[2]) + 0.55 * torch.log(1 - p[2]))
+    expected = (2 * pos + neg + zero).item()
+    assert masked_focal_loss(z, y).item() == pytest.approx(expected, rel=1e-5)
+    assert masked_focal_loss(torch.zeros(1, 3), torch.zeros(1, 3), w_zero=0.0).item() == 0.0
+
+
 def test_mixup_rule_positive_and_zero_mixed_negative_not():
     z = torch.zeros(1, 3)
     a = torch.tensor([[-1.0, 0.0, 0.0]])
     b = torch.tensor([[0.0, 0.0, 0.0]])
     lam = 0.25
-    # neg of a counts fully (b is not positive there); zero terms: 2 in a, 3 in b, mixed
-    expected = LN2 * (1 + lam * 2 + (1 - lam) * 3)
+    # neg of a counts fully (b is not positive there); zero terms (means) mixed by lambda
+    expected = LN2 * (1 + lam * 1 + (1 - lam) * 1)
     assert masked_focal_loss(z, a, b, lam).item() == pytest.approx(expected, rel=1e-5)
-    # switch: the negative term mixed by lambda as well
-    expected_mixed = LN2 * (lam * 1 + lam * 2 + (1 - lam) * 3)
+    # switch: the negative term mixed by lambda as well (b has no negative entry)
+    expected_mixed = LN2 * (lam * 1 + lam * 1 + (1 - lam) * 1)
     assert masked_focal_loss(z, a, b, lam, mix_negative=True).item() == \
         pytest.approx(expected_mixed, rel=1e-5)
     # a class absent in one component but present in the other is not pushed down
@@ -180,3 +193,15 @@ def test_pseudo_labels_never_from_a_model_that_trained_on_the_recording(scripts,
         assert f"r{rec}" not in seen[fold], f"fold {fold} voted on r{rec}, which it trained on"
     assert probs["r2"].shape[0] == 1  # only fold 2 held r2 out
     assert probs["r5"].shape[0] == 3
+
+
+def test_sampler_epoch_length_fixed_by_real_tp_rows_when_pseudo_rows_join():
+    # 20 real TP rows + 180 pseudo rows in the TP stream: the epoch stays 20 // 4 batches,
+    # and successive epochs walk on through the whole stream
+    sampler = TwoStreamSampler(200, 30, 4, 4, seed=2, tp_epoch_rows=20)
+    assert len(sampler) == 5
+    drawn = []
+    for epoch in range(10):
+        sampler.set_epoch(epoch)
+        drawn += [i for b in sampler for i in b if i < 200]
+    assert len(drawn) == 200 and sorted(drawn) == list(range(200))
