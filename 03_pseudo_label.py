@@ -30,8 +30,8 @@ from common import metrics, paths, runs
 from common.cli import ConfigError, cfg_dict, run
 from common.data import overlap_hit
 from common.infer import predict_windows, resolve_device
-from common.prepared import load_prepared
 from common.sed import load_checkpoint
+from common.stage import open_run
 
 
 @dataclass
@@ -137,17 +137,13 @@ def summarise(cfg, prep, table, probs, plan) -> dict:
 def main(cfg: CFG) -> dict:
     tic = time.time()
     device = resolve_device(cfg.device)
-    src_dir = runs.find_run(cfg.work_dir, cfg.source, cfg.source_tag)
-    manifest = runs.read_manifest(src_dir)
-    prep = load_prepared(cfg.work_dir, manifest["inputs"]["preprocess"])
-    folds = manifest["metrics"]["folds"]
+    src_dir, _, prep, mcfg, folds = open_run(cfg.work_dir, cfg.source, cfg.source_tag)
     n_folds = int(prep.folds["fold"].max()) + 1
     if cfg.min_votes > len(folds):
         raise ConfigError(f"min_votes={cfg.min_votes} but {src_dir} has {len(folds)} fold models")
     trained = pd.read_csv(src_dir / "trained_on.csv", dtype={"recording_id": str})
     seen = {f: set(trained.loc[trained["fold"] == f, "recording_id"]) for f in folds}
-    _, ckpt = load_checkpoint(src_dir / f"fold{folds[0]}.pth")
-    window_s = float(ckpt["model_cfg"]["crop_seconds"])
+    window_s = float(mcfg["crop_seconds"])
     window = int(round(window_s * prep.sample_rate))
     durations = prep.durations
     plan = {rid: window_plan(durations[rid], window_s, cfg.windows_per_minute)

@@ -33,7 +33,6 @@ from common.cli import cfg_dict, run
 from common.data import CropDataset, split_fold
 from common.infer import resolve_device
 from common.losses import masked_focal_loss
-from common.prepared import load_prepared
 from common.sampling import TwoStreamSampler
 from common.sed import load_checkpoint
 
@@ -141,14 +140,9 @@ def loss_kw(cfg: CFG) -> dict:
 def main(cfg: CFG) -> dict:
     tic = time.time()
     device = resolve_device(cfg.device)
-    init_dir = runs.find_run(cfg.work_dir, cfg.init_from, cfg.init)
-    init_manifest = runs.read_manifest(init_dir)
-    prep = load_prepared(cfg.work_dir, init_manifest["inputs"]["preprocess"])
-    _, first = load_checkpoint(init_dir / f"fold{init_manifest['metrics']['folds'][0]}.pth")
-    mcfg = first["model_cfg"]
+    init_dir, _, prep, mcfg, init_folds = stage.open_run(cfg.work_dir, cfg.init_from, cfg.init)
     cfg.crop_seconds = cfg.crop_seconds or mcfg["crop_seconds"]
-    folds = stage.fold_list(cfg.folds or init_manifest["metrics"]["folds"],
-                            int(prep.folds["fold"].max()) + 1)
+    folds = stage.fold_list(cfg.folds or init_folds, int(prep.folds["fold"].max()) + 1)
     pseudo, pseudo_tag = load_pseudo(cfg)
     run_dir = runs.start_run(cfg.work_dir, cfg.stage, cfg.tag)
     inputs = {"preprocess": prep.run_dir.name, "init": f"{cfg.init_from}/{init_dir.name}",

@@ -172,6 +172,18 @@ def finish_run(cfg, prep, stage: str, run_dir: Path, fold_results: list, mcfg: d
     return result
 
 
+def open_run(work_dir, stage: str, tag: str):
+    """An upstream training run: (run_dir, manifest, its preprocessing run, model_cfg of its
+    first fold checkpoint, its folds)."""
+    run_dir = runs.find_run(work_dir, stage, tag)
+    manifest = runs.read_manifest(run_dir)
+    from common.prepared import load_prepared
+    prep = load_prepared(work_dir, manifest["inputs"]["preprocess"])
+    folds = manifest["metrics"]["folds"]
+    _, ckpt = load_checkpoint(run_dir / f"fold{folds[0]}.pth")
+    return run_dir, manifest, prep, ckpt["model_cfg"], folds
+
+
 def _plain(cfg) -> dict:
     import dataclasses
     return dataclasses.asdict(cfg)
