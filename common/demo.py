@@ -30,6 +30,7 @@ import soundfile as sf
 
 from common import demo_calls as dc
 from common.demo_calls import SPECIES
+from common.demo_scene import Scene
 
 N_SPECIES = len(SPECIES)
 RFCX_COLUMNS = ["recording_id", "species_id", "songtype_id", "t_min", "f_min", "t_max", "f_max"]
@@ -161,7 +162,7 @@ def _render(job: tuple) -> dict:
     """Synthesise and write one recording; return its TP/FP rows, events and species heard."""
     spec, rec, out_dir = job
     rng = np.random.default_rng(np.random.SeedSequence([spec.seed, _SPLITS[rec["split"]], rec["index"]]))
-    scene, tp, fp = dc.Scene(spec, rng), [], []
+    scene, tp, fp = Scene(spec, rng), [], []
     lo_snr, tp_snr, hi_snr = spec.snr_min_db, spec.tp_snr_min_db, spec.snr_max_db
     for s in rec["annotated"] + [s for s in rec["species"] if s not in rec["annotated"]]:
         rows = (1 + int(rng.random() < spec.second_row_prob)) if s in rec["annotated"] else 0
