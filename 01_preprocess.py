@@ -131,11 +131,10 @@ def main(cfg: CFG) -> Path:
     for bad in report["unreadable"]:
         print(f"WARNING: skipped {bad['file']}: {bad['reason']}", flush=True)
     ok = pd.DataFrame([r for r in results if r["ok"]])
+    lost = {r["recording_id"] for r in results if not r["ok"]}
+    if lost:
+        report["annotations_lost_with_unreadable_files"] = int(ann["recording_id"].isin(lost).sum())
     ann = clean_annotations(ann, ok, classes, report)
-    lost = pd.DataFrame([r for r in results if not r["ok"]])
-    if len(lost):
-        report["annotations_lost_with_unreadable_files"] = int(
-            data.rfcx_annotations(input_dir)["recording_id"].isin(lost["recording_id"]).sum())
     folds = data.make_folds(ann, classes, cfg.n_folds, cfg.seed)
     runs.save_csv(run_dir / "recordings.csv",
                   ok[["recording_id", "split", "duration", "n_samples", "source_sr", "channels"]])

@@ -14,7 +14,8 @@ import pandas as pd
 import torch
 
 from common import metrics, runs
-from common.cli import ConfigError
+from common.cli import ConfigError, cfg_dict
+from common.data import split_fold
 from common.infer import predict_recordings
 from common.sed import load_checkpoint, save_checkpoint
 from common.train import fit, save_history
@@ -71,7 +72,7 @@ def run_fold(cfg, prep, fold: int, model, make_loader, step, run_dir: Path, devi
     """Train one fold; returns its history, best row and the OOF scores of the best epoch.
     `trained_on` (the recordings the fold's training crops come from) is recorded in
     trained_on.csv, so pseudo labelling can use only models that never saw a recording."""
-    _, val = prep_split(prep, fold)
+    _, val = split_fold(prep.folds, fold)
     val_ids = sorted(val)
     truth = prep.tp_matrix(val_ids)
     window, stride = windows(cfg, prep.sample_rate)
@@ -96,11 +97,6 @@ def run_fold(cfg, prep, fold: int, model, make_loader, step, run_dir: Path, devi
         raise RuntimeError(f"fold {fold}: a validation recording is in its training data")
     return {"history": history, "best": best, "val_ids": val_ids, "oof": holder["best"],
             "trained_on": sorted(trained_on)}
-
-
-def prep_split(prep, fold: int):
-    from common.data import split_fold
-    return split_fold(prep.folds, fold)
 
 
 def predict_test(run_dir: Path, folds: list[int], prep, cfg, device,
@@ -165,7 +161,7 @@ def finish_run(cfg, prep, stage: str, run_dir: Path, fold_results: list, mcfg: d
     summary = {k: result[k] for k in ("cv_lwlrap", "cv_f1", "test_lwlrap",
                                       "test_prevalence_baseline", "seconds") if k in result}
     runs.update_summary(cfg.work_dir, stage, {**summary, "tag": run_dir.name})
-    runs.write_manifest(run_dir, stage, _plain(cfg), inputs,
+    runs.write_manifest(run_dir, stage, cfg_dict(cfg), inputs,
                         [f"fold{f}.pth" for f in folds] + ["oof.csv", "test_pred.csv", "trained_on.csv",
                                                            "history.csv", "curves.png", "metrics.json"],
                         result, finished=True)
@@ -182,11 +178,6 @@ def open_run(work_dir, stage: str, tag: str):
     folds = manifest["metrics"]["folds"]
     _, ckpt = load_checkpoint(run_dir / f"fold{folds[0]}.pth")
     return run_dir, manifest, prep, ckpt["model_cfg"], folds
-
-
-def _plain(cfg) -> dict:
-    import dataclasses
-    return dataclasses.asdict(cfg)
 
 
 def seed_everything(seed: int) -> None:
