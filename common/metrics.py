@@ -60,3 +60,36 @@ def prevalence_baseline(truth: np.ndarray) -> float:
     # break ties between equally frequent classes the same way for every row
     scores = scores + np.arange(truth.shape[1])[None, :] * 1e-9
     return lwlrap(truth, scores)
+
+
+# ----------------------------------------------------------------------------- BirdCLEF F1
+def row_f1(truth: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> dict:
+    """Row-wise micro F1 of 5 s segments, the BirdCLEF 2021 rule.
+
+    truth (N, K) 0/1 with an all-zero row meaning `nocall`; probs (N, K). A row's predicted
+    set is the classes with prob >= threshold, or {nocall} when none passes; its true set
+    is its positives, or {nocall}. Each row scores 2 TP / (2 TP + FP + FN) over those sets
+    (nocall is a label like any other) and "f1" is the mean over rows, as the competition
+    scored it; "micro_f1" pools TP, FP and FN over all rows first.
+    """
+    truth = np.asarray(truth) > 0
+    pred = np.asarray(probs) >= threshold
+    if truth.shape != pred.shape:
+        raise ValueError(f"truth {truth.shape} and probs {pred.shape} differ in shape")
+    pred_none, true_none = ~pred.any(axis=1), ~truth.any(axis=1)
+    tp = (pred & truth).sum(axis=1) + (pred_none & true_none)
+    fp = (pred & ~truth).sum(axis=1) + (pred_none & ~true_none)
+    fn = (~pred & truth).sum(axis=1) + (~pred_none & true_none)
+    rows = 2 * tp / np.maximum(2 * tp + fp + fn, 1)
+    pooled = 2 * tp.sum() / max(2 * tp.sum() + fp.sum() + fn.sum(), 1)
+    return {"f1": float(rows.mean()) if len(rows) else float("nan"), "micro_f1": float(pooled),
+            "nocall_rows": int(true_none.sum()), "rows": int(len(rows))}
+
+
+def threshold_sweep(truth: np.ndarray, probs: np.ndarray,
+                    thresholds=np.round(np.arange(0.05, 0.96, 0.05), 2)) -> dict:
+    """Row F1 over a grid of thresholds: the best one next to the F1 at 0.5."""
+    scores = [row_f1(truth, probs, t)["f1"] for t in thresholds]
+    best = int(np.argmax(scores))
+    return {"f1_at_0.5": row_f1(truth, probs, 0.5)["f1"], "best_f1": float(scores[best]),
+            "best_threshold": float(thresholds[best])}
