@@ -71,13 +71,13 @@ def cache_one(job: tuple) -> dict:
     """Decode, resample and cache one file; never raises (a failure becomes a report entry)."""
     rid, split, path, cache_dir, sr = job
     rec = {"recording_id": rid, "split": split, "path": path}
-    try:
-        wave, info = audio.load_audio(path, sr)
+    try:  # streamed block by block: a worker's memory does not grow with the recording
+        info = audio.cache_audio(path, cache_dir, rid, sr)
     except audio.AudioError as err:
         return {**rec, "ok": False, "reason": str(err)}
-    audio.save_cached(cache_dir, rid, wave)
     return {**rec, "ok": True, "source_sr": info["sample_rate"], "channels": info["channels"],
-            "duration": len(wave) / sr, "n_samples": len(wave), "warnings": info["warnings"]}
+            "duration": info["n_samples"] / sr, "n_samples": info["n_samples"],
+            "warnings": info["warnings"]}
 
 
 def decode_all(files: list, cache_dir: Path, cfg: CFG) -> list[dict]:

@@ -30,38 +30,104 @@ def probe(path: str | os.PathLike) -> dict:
             "frames": int(info.frames), "duration": float(info.duration)}
 
 
-def load_audio(path: str | os.PathLike, target_sr: int) -> tuple[np.ndarray, dict]:
-    """Decode `path` to mono float32 at `target_sr`.
+BLOCK_SECONDS = 30.0  # decode block: bounds a worker's memory whatever the recording length
+HEADER_BYTES = 128     # .npy header of a float16 vector in the cache
 
-    Returns (wave of shape (n_samples,), info) where info has the source sample rate,
-    channels, duration (s) and a list of warnings (downmixed, non-finite samples zeroed).
-    Raises AudioError with the reason when the file cannot be used.
-    """
-    path = Path(path)
+
+def _open(path: Path) -> sf.SoundFile:
     if not path.is_file():
         raise AudioError("file does not exist")
     if path.stat().st_size == 0:
         raise AudioError("empty file (0 bytes)")
     try:
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    except Exception as err:
+        return sf.SoundFile(str(path))
+    except Exception as err:  # soundfile raises several types for unreadable input
         raise AudioError(f"cannot decode: {err}") from None
-    if data.shape[0] == 0:
+
+
+def stream_audio(path: str | os.PathLike, target_sr: int, info: dict,
+                 block_seconds: float = BLOCK_SECONDS):
+    """Yield mono float32 blocks of `path` at `target_sr`, decoding `block_seconds` at a time.
+
+    Memory is bounded by the block, not by the recording. The streamed resampler gives the
+    same samples as resampling the whole file at once. `info` is filled with the source
+    sample rate, channels, duration (s) and warnings (downmixed, non-finite samples zeroed)
+    once the stream ends. Raises AudioError with the reason when the file cannot be used.
+    """
+    with _open(Path(path)) as handle:
+        sr, channels = int(handle.samplerate), int(handle.channels)
+        resampler = None if sr == target_sr else \
+            soxr.ResampleStream(sr, target_sr, 1, dtype="float32", quality="HQ")
+        block = max(int(block_seconds * sr), 1)
+        frames, bad = 0, 0
+        while True:
+            try:
+                data = handle.read(block, dtype="float32", always_2d=True)
+            except Exception as err:
+                raise AudioError(f"cannot decode at {frames / sr:.1f} s: {err}") from None
+            last = data.shape[0] < block
+            wave = data.mean(axis=1) if channels > 1 else data[:, 0]
+            nonfinite = ~np.isfinite(wave)
+            if nonfinite.any():
+                bad += int(nonfinite.sum())
+                wave = np.where(nonfinite, 0.0, wave).astype(np.float32)
+            frames += data.shape[0]
+            if resampler is not None:
+                wave = resampler.resample_chunk(np.ascontiguousarray(wave), last=last)
+            if len(wave):
+                yield np.ascontiguousarray(wave, dtype=np.float32)
+            if last:
+                break
+    if frames == 0:
         raise AudioError("no audio samples")
-    warnings = []
-    channels = data.shape[1]
-    wave = data.mean(axis=1) if channels > 1 else data[:, 0]
-    if channels > 1:
-        warnings.append(f"downmixed {channels} channels to mono")
-    bad = ~np.isfinite(wave)
-    if bad.any():
-        warnings.append(f"{int(bad.sum())} non-finite samples set to 0")
-        wave = np.where(bad, 0.0, wave).astype(np.float32)
-    if sr != target_sr:
-        wave = soxr.resample(wave, sr, target_sr, quality="HQ").astype(np.float32)
-    info = {"sample_rate": int(sr), "channels": int(channels),
-            "duration": data.shape[0] / float(sr), "warnings": warnings}
-    return np.ascontiguousarray(wave, dtype=np.float32), info
+    warnings = [f"downmixed {channels} channels to mono"] if channels > 1 else []
+    if bad:
+        warnings.append(f"{bad} non-finite samples set to 0")
+    info.update(sample_rate=sr, channels=channels, duration=frames / float(sr), warnings=warnings)
+
+
+def load_audio(path: str | os.PathLike, target_sr: int) -> tuple[np.ndarray, dict]:
+    """Decode `path` to mono float32 at `target_sr`: (wave of shape (n_samples,), info)
+    with the facts of `stream_audio`. Raises AudioError with the reason."""
+    info: dict = {}
+    blocks = list(stream_audio(path, target_sr, info))
+    wave = np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
+    return wave, info
+
+
+def cache_audio(path: str | os.PathLike, cache_dir, recording_id: str, target_sr: int,
+                block_seconds: float = BLOCK_SECONDS) -> dict:
+    """Decode `path` straight into its float16 cache file, block by block (memory bounded by
+    `block_seconds`), atomically (temporary name, then rename). Returns the facts of
+    `stream_audio` plus n_samples. Raises AudioError with the reason."""
+    out = cache_path(cache_dir, recording_id)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp.npy")
+    info: dict = {}
+    try:
+        with open(tmp, "wb") as handle:
+            _write_header(handle, 0)
+            written = 0
+            for block in stream_audio(path, target_sr, info, block_seconds):
+                handle.write(np.clip(block, -1.0, 1.0).astype("<f2").tobytes())
+                written += len(block)
+            handle.seek(0)
+            _write_header(handle, written)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return {**info, "n_samples": written}
+
+
+def _write_header(handle, n_samples: int) -> None:
+    """The .npy header of a float16 vector; 128 bytes for any length below 10^40 samples, so
+    it is written first as a placeholder and rewritten in place once the length is known."""
+    start = handle.tell()
+    np.lib.format.write_array_header_1_0(
+        handle, {"descr": "<f2", "fortran_order": False, "shape": (n_samples,)})
+    if handle.tell() - start != HEADER_BYTES:
+        raise RuntimeError(f"unexpected .npy header size {handle.tell() - start}")
 
 
 def cache_path(cache_dir, recording_id: str) -> Path:
@@ -83,34 +149,47 @@ class WaveCache:
 
     `get(rid)` returns the whole float32 wave; `crop(rid, start, length)` a zero-padded
     window (samples), so a crop near the end of a short recording keeps its length.
-    Arrays are memory-mapped and kept open, so repeated crops cost no decoding.
+    A crop reads only its own bytes (positioned read, no memory map), so scoring a
+    recording of any length keeps memory bounded by the batch; the OS page cache keeps
+    repeated reads cheap. Headers are parsed once per recording.
     """
 
     def __init__(self, cache_dir):
         self.cache_dir = Path(cache_dir)
-        self._maps: dict[str, np.ndarray] = {}
+        self._meta: dict[str, tuple] = {}
 
-    def _map(self, rid: str) -> np.ndarray:
-        arr = self._maps.get(rid)
-        if arr is None:
+    def _entry(self, rid: str) -> tuple:
+        """(path, data offset in bytes, n_samples, dtype) of one cached recording."""
+        meta = self._meta.get(rid)
+        if meta is None:
             path = cache_path(self.cache_dir, rid)
             if not path.exists():
                 raise FileNotFoundError(f"{path} is missing from the waveform cache; "
                                         "run 01_preprocess.py again")
-            arr = np.load(path, mmap_mode="r")
-            self._maps[rid] = arr
-        return arr
+            with open(path, "rb") as handle:
+                fmt = np.lib.format
+                read_header = fmt.read_array_header_1_0 if fmt.read_magic(handle) == (1, 0) \
+                    else fmt.read_array_header_2_0
+                shape, _, dtype = read_header(handle)
+                if len(shape) != 1:
+                    raise ValueError(f"{path}: expected a 1-D waveform, found shape {shape}; "
+                                     "run 01_preprocess.py again")
+                meta = (path, handle.tell(), int(shape[0]), dtype)
+            self._meta[rid] = meta
+        return meta
 
     def length(self, rid: str) -> int:
-        return int(self._map(rid).shape[0])
+        return self._entry(rid)[2]
 
     def get(self, rid: str) -> np.ndarray:
-        return np.asarray(self._map(rid), dtype=np.float32)
+        return self.crop(rid, 0, self.length(rid))
 
     def crop(self, rid: str, start: int, length: int) -> np.ndarray:
-        arr = self._map(rid)
+        path, offset, n, dtype = self._entry(rid)
         start = max(0, int(start))
         out = np.zeros(length, dtype=np.float32)
-        piece = arr[start:start + length]
-        out[:piece.shape[0]] = piece
+        count = max(0, min(length, n - start))
+        if count:
+            out[:count] = np.fromfile(path, dtype=dtype, count=count,
+                                      offset=offset + start * dtype.itemsize)
         return out

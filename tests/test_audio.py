@@ -145,3 +145,34 @@ def test_crop_does_not_alias_the_cache(tmp_path):
 def test_missing_cache_entry_names_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.npy"):
         WaveCache(tmp_path).crop("nope", 0, 10)
+
+
+# ----------------------------------------------------------------------------- streamed cache
+def test_cache_audio_streams_blocks_to_the_same_samples_as_whole_file_decoding(tmp_path):
+    from common.audio import cache_audio
+    rng = np.random.default_rng(1)
+    stereo = rng.uniform(-0.5, 0.5, (48000 * 3 + 17, 2)).astype(np.float32)
+    path = tmp_path / "long.flac"
+    sf.write(path, stereo, 48000, subtype="PCM_24")
+    whole, whole_info = load_audio(path, 32000)
+    # 0.25 s blocks: 13 blocks, the resampler state carried across every boundary
+    info = cache_audio(path, tmp_path / "waves", "long", 32000, block_seconds=0.25)
+    stored = np.load(cache_path(tmp_path / "waves", "long"))
+    assert stored.dtype == np.float16 and stored.shape == (info["n_samples"],)
+    assert info["n_samples"] == len(whole)
+    np.testing.assert_allclose(stored.astype(np.float32), whole, atol=1e-3, rtol=0)
+    assert info["channels"] == 2 and info["warnings"] == whole_info["warnings"]
+    assert info["duration"] == pytest.approx(len(stereo) / 48000)
+    assert sorted(p.name for p in (tmp_path / "waves").iterdir()) == ["long.npy"]  # no temp file
+    cache = WaveCache(tmp_path / "waves")
+    assert cache.length("long") == len(whole)
+    np.testing.assert_array_equal(cache.crop("long", 1000, 500), stored[1000:1500].astype(np.float32))
+
+
+def test_cache_audio_failure_leaves_no_file(tmp_path):
+    from common.audio import cache_audio
+    path = tmp_path / "bad.flac"
+    path.write_bytes(b"not audio" * 50)
+    with pytest.raises(AudioError, match="cannot decode"):
+        cache_audio(path, tmp_path / "waves", "bad", 32000)
+    assert list((tmp_path / "waves").iterdir()) == []
