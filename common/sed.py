@@ -9,61 +9,17 @@ checkpoint stores, so loading a checkpoint takes no other flag.
 """
 from __future__ import annotations
 
-import difflib
-from pathlib import Path
-
-import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.cli import ConfigError
+from common.backbones import create_backbone, load_backbone_weights  # noqa: F401 (re-exported)
 from common.features import MelFrontEnd
+from common.noise import ColoredNoise
 
 MODEL_KEYS = ("backbone", "n_classes", "in_chans", "sample_rate", "n_fft", "hop_length",
-              "n_mels", "fmin", "fmax", "image_size", "dropout", "crop_seconds", "freq_coord", "spec_masks")
-
-
-def create_backbone(name: str, in_chans: int, pretrained_path: str = "") -> nn.Module:
-    """A timm feature extractor (no classifier, no pooling); nothing is downloaded.
-
-    `pretrained_path` loads weights from a local file (a timm/torch state dict); a first
-    conv with another channel count is adapted the way timm adapts ImageNet weights.
-    """
-    try:
-        model = timm.create_model(name, pretrained=False, in_chans=in_chans,
-                                  num_classes=0, global_pool="")
-    except RuntimeError as err:
-        if "Unknown model" not in str(err):
-            raise
-        close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.5)
-        raise ConfigError(f"unknown backbone '{name}'. Close timm names: {close or 'none'}; "
-                          "see timm.list_models()") from None
-    if pretrained_path:
-        load_backbone_weights(model, pretrained_path, in_chans)
-    return model
-
-
-def load_backbone_weights(model: nn.Module, path: str, in_chans: int) -> dict:
-    """Load a local state dict into `model`, skipping the classifier; report what matched."""
-    if not Path(path).is_file():
-        raise ConfigError(f"pretrained_path {path} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
-    own = model.state_dict()
-    loaded = {}
-    for key, value in state.items():
-        if key not in own:
-            continue
-        if value.ndim == 4 and own[key].ndim == 4 and value.shape[1] != own[key].shape[1] \
-                and value.shape[0] == own[key].shape[0]:
-            value = timm.models.adapt_input_conv(in_chans, value)
-        if value.shape == own[key].shape:
-            loaded[key] = value
-    if not loaded:
-        raise ConfigError(f"pretrained_path {path}: no tensor matches backbone parameters")
-    model.load_state_dict(loaded, strict=False)
-    return {"loaded": len(loaded), "missing": len(own) - len(loaded)}
+              "n_mels", "fmin", "fmax", "image_size", "dropout", "crop_seconds", "freq_coord", "spec_masks",
+              "noise_white", "noise_pink", "noise_brown", "noise_snr_min", "noise_snr_max")
 
 
 class AttentionHead(nn.Module):
@@ -100,12 +56,20 @@ class SEDModel(nn.Module):
                                  c["fmin"], c["fmax"], in_chans=c["in_chans"],
                                  image_size=c["image_size"], freq_coord=bool(c["freq_coord"]),
                                  spec_masks=int(c["spec_masks"]))
+        frames = int(round(c["crop_seconds"] * c["sample_rate"])) // c["hop_length"] + 1
         self.backbone = create_backbone(c["backbone"], c["in_chans"] + bool(c["freq_coord"]),
-                                        pretrained_path)
+                                        pretrained_path, c["image_size"] or (c["n_mels"], frames),
+                                        c["hop_length"])
         self.head = AttentionHead(self.backbone.num_features, c["n_classes"], c["dropout"])
+        # training-time waveform noise (identity in eval mode); off when every probability is 0
+        self.noise = ColoredNoise({k: c[f"noise_{k}"] or 0 for k in ("white", "pink", "brown")},
+                                  (c["noise_snr_min"] or 0, c["noise_snr_max"] or 0))
 
     def encode(self, wave: torch.Tensor) -> torch.Tensor:
-        """(B, N) -> encoder feature map (B, C, F', T')."""
+        """(B, N) -> encoder feature map (B, C, F', T'); noise is added in training mode."""
+        wave = self.noise(wave)
+        if getattr(self.backbone, "takes_wave", False):
+            return self.backbone.forward_features(wave)
         return self.backbone.forward_features(self.front(wave))
 
     def forward(self, wave: torch.Tensor, mix: tuple | None = None) -> dict:
@@ -117,7 +81,8 @@ class SEDModel(nn.Module):
             lam = torch.as_tensor(lam, dtype=feats.dtype, device=feats.device).reshape(-1, 1, 1, 1)
             feats = lam * feats + (1 - lam) * feats[perm]
         out = self.head(feats.mean(dim=2))
-        frames = self.front.image_size[1] if self.front.image_size else \
+        frames = self.front.image_size[1] if self.front.image_size and not \
+            getattr(self.backbone, "takes_wave", False) else \
             wave.shape[-1] // self.model_cfg["hop_length"] + 1
         frame_logit = F.interpolate(out["frame_logit"].transpose(1, 2), size=frames,
                                     mode="linear", align_corners=False).transpose(1, 2)
