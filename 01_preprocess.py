@@ -1,10 +1,13 @@
 """Stage 0: raw recordings -> waveform cache, annotation table, classes and folds.
 
 Reads  INPUT_DIR in the RFCx layout (train/*.flac, test/*.flac, train_tp.csv, train_fp.csv,
-       sample_submission.csv). Kaggle's /kaggle/input/rfcx-species-audio-detection is used
+       sample_submission.csv), or in the BirdCLEF 2021 layout (train_metadata.csv with
+       train_short_audio/<label>/*.ogg, train_soundscape_labels.csv with train_soundscapes/),
+       detected by train_metadata.csv; data/birdclef_demo is generated on first use. Kaggle's /kaggle/input/rfcx-species-audio-detection is used
        when present, else data/demo, which is generated on first use (no download).
 Writes WORK_DIR/preprocess/<tag>/: waves/<recording_id>.npy (float16 at `sample_rate`),
-       recordings.csv, annotations.csv, folds.csv, classes.json, report.json, manifest.json.
+       recordings.csv, annotations.csv, folds.csv, classes.json, report.json, manifest.json;
+       BirdCLEF: soundscapes.csv (the labelled 5 s segments, never in a fold).
 
 Examples:
     python 01_preprocess.py                                   # demo data, recipe settings
@@ -23,7 +26,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from common import audio, data, paths, runs
+from common import audio, birdclef, data, paths, runs
 from common.cli import ConfigError, cfg_dict, run
 
 
@@ -40,10 +43,17 @@ class CFG:
     demo_n_train: int = 500    # demo train recordings
     demo_n_test: int = 100     # demo test recordings
     demo_duration: float = 20.0  # demo recording length, s
+    secondary_labels: bool = True  # BirdCLEF: clips also get +1 rows for their secondary labels
 
 
 def ensure_demo(cfg: CFG) -> None:
     """Generate the embedded demo dataset if input_dir is the demo folder and it is empty."""
+    if paths.is_demo_input(cfg.input_dir, paths.BIRDCLEF_DEMO_INPUT) and \
+            not birdclef.is_birdclef(cfg.input_dir):
+        from common.demo_birdclef import BirdDemoSpec, write_birdclef_demo
+        print(f"writing the BirdCLEF-layout demo dataset to {cfg.input_dir}", flush=True)
+        write_birdclef_demo(cfg.input_dir, BirdDemoSpec(seed=cfg.demo_seed),
+                            workers=cfg.workers or os.cpu_count())
     if not paths.is_demo_input(cfg.input_dir) or (Path(cfg.input_dir) / "train_tp.csv").exists():
         return
     from common.demo import DemoSpec, write_rfcx_demo
@@ -65,6 +75,22 @@ def list_audio(input_dir: Path) -> list[tuple[str, str, str]]:
             if path.suffix.lower() in audio.AUDIO_EXTENSIONS:
                 found.append((path.stem, split, str(path)))
     return found
+
+
+def read_inputs(input_dir: Path, cfg: CFG) -> tuple:
+    """(annotation table as a function of the decoded durations {recording_id: s}, classes,
+    audio files, soundscape segments or None), by layout; fails early on a bad CSV."""
+    if birdclef.is_birdclef(input_dir):
+        meta = birdclef.read_metadata(input_dir)
+        segments, scapes = birdclef.read_soundscapes(input_dir)
+        classes = birdclef.classes_of(meta)
+        files = [(rid, "train", path) for rid, path in zip(meta["recording_id"], meta["path"])]
+        files += [(rid, "soundscape", path) for rid, path in scapes]
+        return (lambda durations: birdclef.annotations(meta, segments, durations, classes,
+                                                       cfg.sample_rate, cfg.secondary_labels),
+                classes, files, segments)
+    ann = data.rfcx_annotations(input_dir)
+    return (lambda durations: ann), data.rfcx_classes(input_dir, ann), list_audio(input_dir), None
 
 
 def cache_one(job: tuple) -> dict:
@@ -91,7 +117,7 @@ def decode_all(files: list, cache_dir: Path, cfg: CFG) -> list[dict]:
 
 def clean_annotations(ann: pd.DataFrame, ok: pd.DataFrame, classes: list[str], report: dict) -> pd.DataFrame:
     """Drop rows whose recording is missing or unreadable, or whose class is unknown; count them."""
-    known = set(ok.loc[ok["split"] == "train", "recording_id"])
+    known = set(ok.loc[ok["split"] != "test", "recording_id"])
     missing = ~ann["recording_id"].isin(known)
     bad_class = ~ann["class"].isin(classes)
     report["annotations_dropped"] = {
@@ -120,9 +146,7 @@ def main(cfg: CFG) -> Path:
     tic = time.time()
     ensure_demo(cfg)
     input_dir = Path(cfg.input_dir)
-    ann = data.rfcx_annotations(input_dir)          # fails early on a bad CSV
-    classes = data.rfcx_classes(input_dir, ann)
-    files = list_audio(input_dir)
+    make_annotations, classes, files, segments = read_inputs(input_dir, cfg)
     run_dir = runs.start_run(cfg.work_dir, "preprocess", cfg.tag)
     runs.write_manifest(run_dir, "preprocess", cfg_dict(cfg), {"input_dir": str(input_dir)},
                         [], {}, finished=False)
@@ -131,19 +155,27 @@ def main(cfg: CFG) -> Path:
     for bad in report["unreadable"]:
         print(f"WARNING: skipped {bad['file']}: {bad['reason']}", flush=True)
     ok = pd.DataFrame([r for r in results if r["ok"]])
+    ann = make_annotations(dict(zip(ok["recording_id"], ok["duration"])))
     lost = {r["recording_id"] for r in results if not r["ok"]}
     if lost:
         report["annotations_lost_with_unreadable_files"] = int(ann["recording_id"].isin(lost).sum())
     ann = clean_annotations(ann, ok, classes, report)
-    folds = data.make_folds(ann, classes, cfg.n_folds, cfg.seed)
+    train_ids = set(ok.loc[ok["split"] == "train", "recording_id"])  # never soundscapes
+    folds = data.make_folds(ann[ann["recording_id"].isin(train_ids)], classes, cfg.n_folds, cfg.seed)
     runs.save_csv(run_dir / "recordings.csv",
                   ok[["recording_id", "split", "duration", "n_samples", "source_sr", "channels"]])
     runs.save_csv(run_dir / "annotations.csv", ann)
     runs.save_csv(run_dir / "folds.csv", folds)
-    runs.save_json(run_dir / "classes.json", {"classes": classes, "sample_rate": cfg.sample_rate})
+    layout = "rfcx" if segments is None else "birdclef"
+    if segments is not None:
+        kept = segments["recording_id"].isin(set(ok["recording_id"]))
+        runs.save_csv(run_dir / "soundscapes.csv", segments[kept])
+    runs.save_json(run_dir / "classes.json", {"classes": classes, "sample_rate": cfg.sample_rate,
+                                              "layout": layout})
     report["seconds"] = round(time.time() - tic, 1)
     runs.save_json(run_dir / "report.json", report)
     outputs = ["waves/", "recordings.csv", "annotations.csv", "folds.csv", "classes.json", "report.json"]
+    outputs += ["soundscapes.csv"] if segments is not None else []
     metrics = {k: report[k] for k in ("files", "cached", "failed", "seconds")}
     runs.write_manifest(run_dir, "preprocess", cfg_dict(cfg), {"input_dir": str(input_dir)},
                         outputs, metrics, finished=True)

@@ -8,6 +8,7 @@ KAGGLE_INPUT = Path("/kaggle/input")
 KAGGLE_RFCX = KAGGLE_INPUT / "rfcx-species-audio-detection"
 KAGGLE_WORKING = Path("/kaggle/working")
 DEMO_INPUT = Path("data/demo")
+BIRDCLEF_DEMO_INPUT = Path("data/birdclef_demo")  # the BirdCLEF-layout demo (common.demo_birdclef)
 
 
 def default_input_dir() -> str:
@@ -20,5 +21,5 @@ def default_work_dir() -> str:
     return str(KAGGLE_WORKING) if KAGGLE_INPUT.is_dir() else "work"
 
 
-def is_demo_input(input_dir: str | os.PathLike) -> bool:
-    return Path(input_dir).resolve() == DEMO_INPUT.resolve()
+def is_demo_input(input_dir: str | os.PathLike, demo: Path = DEMO_INPUT) -> bool:
+    return Path(input_dir).resolve() == demo.resolve()

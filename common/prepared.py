@@ -21,6 +21,8 @@ class Prepared:
     annotations: pd.DataFrame  # the annotation table
     folds: pd.DataFrame        # recording_id, fold (-1 = always training), has_tp
     cache: WaveCache
+    layout: str = "rfcx"       # rfcx | birdclef (classes.json)
+    soundscapes: pd.DataFrame | None = None  # BirdCLEF: row_id, recording_id, t_min, t_max, birds
 
     @property
     def durations(self) -> dict:
@@ -56,4 +58,7 @@ def load_prepared(work_dir, tag: str = "latest") -> Prepared:
     read = lambda name: pd.read_csv(run_dir / name, dtype={"recording_id": str})  # noqa: E731
     return Prepared(run_dir=run_dir, classes=meta["classes"], sample_rate=int(meta["sample_rate"]),
                     recordings=read("recordings.csv"), annotations=read("annotations.csv"),
-                    folds=read("folds.csv"), cache=WaveCache(run_dir / "waves"))
+                    folds=read("folds.csv"), cache=WaveCache(run_dir / "waves"),
+                    layout=meta.get("layout", "rfcx"),
+                    soundscapes=read("soundscapes.csv") if (run_dir / "soundscapes.csv").is_file()
+                    else None)

@@ -1,0 +1,125 @@
+"""The BirdCLEF 2021 layout -> the annotation table, plus the labelled soundscape segments.
+
+    train_metadata.csv            primary_label, secondary_labels ("['a', 'b']"), filename, ...
+    train_short_audio/<label>/    the clips (ogg), one focal species each
+    train_soundscape_labels.csv   row_id, site, audio_id, seconds, birds ("a b" or "nocall")
+    train_soundscapes/            <audio_id>_<site>_<date>.ogg, labelled per 5 s segment
+
+Clips become whole-clip +1 rows (primary label, and secondary labels when asked); each
+soundscape segment becomes 5 s rows: +1 per bird, or a -1 row for every class when the
+segment is `nocall`. Soundscapes never get a fold: they are held out of training and score
+"soundscape F1" (common.segments).
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from common.audio import AUDIO_EXTENSIONS
+from common.cli import ConfigError
+from common.data import read_table
+
+METADATA = "train_metadata.csv"
+SOUNDSCAPE_LABELS = "train_soundscape_labels.csv"
+METADATA_COLUMNS = ["primary_label", "secondary_labels", "filename"]
+SOUNDSCAPE_COLUMNS = ["row_id", "site", "audio_id", "seconds", "birds"]
+SEGMENT_SECONDS = 5.0
+
+
+def is_birdclef(input_dir) -> bool:
+    return (Path(input_dir) / METADATA).is_file()
+
+
+def parse_secondary(text, where: str = "secondary_labels") -> list[str]:
+    """"['amerob', 'norcar']" -> ['amerob', 'norcar'] (ast.literal_eval, never eval);
+    empty cells and "[]" -> []. A cell that is not a list of strings stops with `where`."""
+    if text is None or (isinstance(text, float) and np.isnan(text)) or not str(text).strip():
+        return []
+    try:
+        value = ast.literal_eval(str(text).strip())
+    except (ValueError, SyntaxError):
+        value = None
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where}: secondary_labels {text!r} is not a list of label strings "
+                          "such as \"['amerob', 'norcar']\"; fix the cell or write []")
+    return [v.strip() for v in value if v.strip()]
+
+
+def read_metadata(input_dir) -> pd.DataFrame:
+    """recording_id (file stem), path, primary_label, secondary (list) of every clip."""
+    path = Path(input_dir) / METADATA
+    meta = read_table(path, METADATA_COLUMNS)
+    meta["primary_label"] = meta["primary_label"].astype(str).str.strip()
+    meta["secondary"] = [parse_secondary(t, f"{path} row {i + 2}")
+                         for i, t in enumerate(meta["secondary_labels"])]
+    meta["recording_id"] = [Path(str(f)).stem for f in meta["filename"]]
+    meta["path"] = [str(Path(input_dir) / "train_short_audio" / lab / str(f))
+                    for lab, f in zip(meta["primary_label"], meta["filename"])]
+    dup = meta["recording_id"].duplicated(keep=False)
+    if dup.any():
+        rows = (np.flatnonzero(dup) + 2).tolist()[:6]
+        raise ConfigError(f"{path}: filenames {sorted(set(meta.loc[dup, 'filename']))[:3]} occur "
+                          f"more than once (rows {rows}); each clip needs its own file name")
+    return meta[["recording_id", "path", "primary_label", "secondary"]]
+
+
+def read_soundscapes(input_dir) -> tuple[pd.DataFrame, list]:
+    """(segments: row_id, recording_id, t_min, t_max, birds; [(recording_id, path)]).
+    Empty when the layout has no train_soundscape_labels.csv."""
+    path = Path(input_dir) / SOUNDSCAPE_LABELS
+    if not path.is_file():
+        return pd.DataFrame(columns=["row_id", "recording_id", "t_min", "t_max", "birds"]), []
+    labels = read_table(path, SOUNDSCAPE_COLUMNS)
+    folder = Path(input_dir) / "train_soundscapes"
+    found = {p.stem.split("_")[0]: p for p in sorted(folder.glob("*"))
+             if p.suffix.lower() in AUDIO_EXTENSIONS} if folder.is_dir() else {}
+    missing = sorted({str(a) for a in labels["audio_id"]} - set(found))
+    if missing:
+        raise ConfigError(f"{path}: no file <audio_id>_<site>_<date>.ogg in {folder} for "
+                          f"audio_id {missing[:5]}; add the recordings or drop their rows")
+    rid = [found[str(a)].stem for a in labels["audio_id"]]
+    seconds = labels["seconds"].astype(float)
+    segments = pd.DataFrame({"row_id": labels["row_id"].astype(str), "recording_id": rid,
+                             "t_min": seconds - SEGMENT_SECONDS, "t_max": seconds,
+                             "birds": labels["birds"].fillna("nocall").astype(str)})
+    files = sorted({(found[str(a)].stem, str(found[str(a)])) for a in labels["audio_id"]})
+    return segments, files
+
+
+def _rows(rid, classes, t_max, label, source, f_max) -> pd.DataFrame:
+    return pd.DataFrame({"recording_id": rid, "class": classes, "t_min": 0.0, "t_max": t_max,
+                         "f_min": 0.0, "f_max": f_max, "label": label, "source": source})
+
+
+def annotations(meta: pd.DataFrame, segments: pd.DataFrame, durations: dict, classes: list,
+                sample_rate: int, secondary: bool = True) -> pd.DataFrame:
+    """The annotation table of the decoded recordings (`durations`: recording_id -> s)."""
+    nyquist = sample_rate / 2
+    meta = meta[meta["recording_id"].isin(durations)]
+    dur = meta["recording_id"].map(durations).to_numpy(float)
+    parts = [_rows(meta["recording_id"].to_numpy(), meta["primary_label"].to_numpy(), dur, 1,
+                   "primary", nyquist)]
+    if secondary:
+        sec = [(rid, lab, d) for rid, labs, d in zip(meta["recording_id"], meta["secondary"], dur)
+               for lab in labs]
+        if sec:
+            rid, lab, d = map(list, zip(*sec))
+            parts.append(_rows(rid, lab, d, 1, "secondary", nyquist))
+    for seg in segments[segments["recording_id"].isin(durations)].itertuples(index=False):
+        birds = seg.birds.split()
+        nocall = birds == ["nocall"]
+        part = _rows(seg.recording_id, classes if nocall else birds, seg.t_max, -1 if nocall else 1,
+                     "soundscape", nyquist)
+        part["t_min"] = seg.t_min
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True)
+
+
+def classes_of(meta: pd.DataFrame) -> list[str]:
+    """The primary labels, sorted (BirdCLEF's submission order)."""
+    return sorted(meta["primary_label"].unique())
