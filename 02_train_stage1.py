@@ -33,6 +33,8 @@ class CFG:
     work_dir: str = field(default_factory=paths.default_work_dir)
     preprocess: str = "latest"     # preprocessing run tag
     tag: str = ""                  # this run's tag; default: a timestamp
+    resume: str = ""               # tag of a crashed run to continue; "" = the newest one of this config
+    fresh: bool = False            # true: a new run even when a crashed one of this config exists
     memo: str = ""                 # free text for the experiments table
     # model
     backbone: str = "tf_efficientnet_b2"  # any timm name
@@ -104,16 +106,19 @@ def main(cfg: CFG) -> dict:
     mcfg = stage.model_cfg(cfg, prep.classes, prep.sample_rate)
     get_loss(cfg.loss)
     folds = stage.fold_list(cfg.folds, int(prep.folds["fold"].max()) + 1)
-    run_dir = runs.start_run(cfg.work_dir, "stage1", cfg.tag)
     inputs = {"preprocess": prep.run_dir.name}
-    runs.write_manifest(run_dir, "stage1", cfg_dict(cfg), inputs, [], {}, finished=False)
-    print(f"stage1 {run_dir.name}: {mcfg['backbone']} {stage.resolution(mcfg)} on {device}, "
-          f"folds {folds}", flush=True)
+    run_dir, resumed = runs.begin_run(cfg.work_dir, "stage1", cfg_dict(cfg), inputs, cfg.tag,
+                                      cfg.resume, cfg.fresh)
+    print(f"stage1 {run_dir.name}{' (resumed)' if resumed else ''}: {mcfg['backbone']} "
+          f"{stage.resolution(mcfg)} on {device}, folds {folds}", flush=True)
     results = []
     for fold in folds:
-        model, make_loader, step, trained_on = make_fold(cfg, prep, fold, mcfg, device)
-        results.append(stage.run_fold(cfg, prep, fold, model, make_loader, step, run_dir, device,
-                                      trained_on))
+        result = stage.finished_fold(run_dir, fold)
+        if result is None:
+            model, make_loader, step, trained_on = make_fold(cfg, prep, fold, mcfg, device)
+            result = stage.run_fold(cfg, prep, fold, model, make_loader, step, run_dir, device,
+                                    trained_on)
+        results.append(result)
     out = stage.finish_run(cfg, prep, "stage1", run_dir, results, mcfg, inputs, device, tic, cfg.loss)
     line = f"stage1 CV LWLRAP {out['cv_lwlrap']:.4f}  CV F1@0.5 {out['cv_f1']:.4f}"
     if "test_lwlrap" in out:

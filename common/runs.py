@@ -93,6 +93,7 @@ def write_manifest(run_dir, stage: str, cfg: dict, inputs: dict, outputs: list,
     manifest = {
         "stage": stage, "tag": run_dir.name, "finished": finished,
         "time": _dt.datetime.now().isoformat(timespec="seconds"),
+        "host": platform.node(), "pid": os.getpid(),  # who writes it (see begin_run)
         "inputs": inputs, "outputs": outputs, "metrics": metrics,
         "packages": package_versions(), "config": cfg,
     }
@@ -101,6 +102,73 @@ def write_manifest(run_dir, stage: str, cfg: dict, inputs: dict, outputs: list,
 
 def read_manifest(run_dir) -> dict:
     return json.loads((Path(run_dir) / "manifest.json").read_text())
+
+
+# settings that may differ between a crashed run and the command that continues it
+RESUME_FREE = ("tag", "resume", "fresh", "device", "num_workers", "workers", "infer_batch")
+
+
+def config_diff(old: dict, new: dict) -> list[str]:
+    """Keys whose values differ (after a JSON round trip), RESUME_FREE keys aside."""
+    old, new = (json.loads(json.dumps(d, default=_json_default)) for d in (old, new))
+    return sorted(k for k in set(old) | set(new)
+                  if k not in RESUME_FREE and old.get(k, "<unset>") != new.get(k, "<unset>"))
+
+
+def _running_elsewhere(manifest: dict) -> bool:
+    """The run's writer is a live process on this machine (another command is running it)."""
+    pid = manifest.get("pid")
+    if manifest.get("host") != platform.node() or not pid or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError, OSError):
+        return False
+    return True
+
+
+def _resumable(run_dir: Path, cfg: dict, inputs: dict) -> str:
+    """'' when run_dir is an unfinished run of the same config and inputs, else why not."""
+    try:
+        manifest = read_manifest(run_dir)
+    except (OSError, json.JSONDecodeError):
+        return "its manifest.json is missing or unreadable"
+    if manifest.get("finished"):
+        return "it is finished"
+    if _running_elsewhere(manifest):
+        return f"process {manifest['pid']} is still running it"
+    diff = config_diff(manifest.get("config", {}), cfg)
+    if diff or manifest.get("inputs") != inputs:
+        return f"it was started with other settings ({', '.join(diff) or 'inputs'})"
+    return ""
+
+
+def begin_run(work_dir, stage: str, cfg: dict, inputs: dict, tag: str = "", resume: str = "",
+              fresh: bool = False) -> tuple[Path, bool]:
+    """The run folder a stage writes to, and whether it continues a crashed run.
+
+    Default: the newest unfinished run of `stage` whose config and inputs equal these
+    (the same command run again after a crash), else a new run. `resume=<tag>` continues
+    that run (an error says why it cannot); `fresh=True` always starts a new run. The
+    unfinished manifest is written here; the stage marks it finished at its very end.
+    """
+    base = Path(work_dir) / stage
+    if fresh and not resume:
+        chosen = None  # start_run refuses a --tag that exists
+    elif resume or tag:
+        name = resume or tag
+        why = _resumable(base / name, cfg, inputs)
+        if why and (resume or (base / name / "manifest.json").exists()):
+            raise ConfigError(f"cannot continue {stage} run {base / name}: {why}. Pick another "
+                              "--tag, or pass --fresh=true (without --resume) for a new run")
+        chosen = None if why else base / name
+    else:
+        names = sorted((m.parent.name for m in base.glob("*/manifest.json")),
+                       key=lambda n: ((base / n / "manifest.json").stat().st_mtime, n), reverse=True)
+        chosen = next((base / n for n in names if not _resumable(base / n, cfg, inputs)), None)
+    run_dir = chosen or start_run(work_dir, stage, tag)
+    write_manifest(run_dir, stage, cfg, inputs, [], {}, finished=False)
+    return run_dir, chosen is not None
 
 
 def find_run(work_dir, stage: str, tag: str = "latest") -> Path:

@@ -89,14 +89,37 @@ def run_fold(cfg, prep, fold: int, model, make_loader, step, run_dir: Path, devi
         save_checkpoint(run_dir / f"fold{fold}.pth", m, {"fold": fold, "epoch": row["epoch"],
                                                          "val_lwlrap": row["val_lwlrap"]})
 
-    history, best = fit(model, make_loader, step, validate, epochs=cfg.epochs, lr=cfg.lr,
-                        t_max=cfg.t_max, device=device, metric="val_lwlrap", ckpt_fn=save_best,
-                        amp=cfg.amp, desc=f"fold {fold}")
-    history.insert(0, "fold", fold)
     if set(trained_on) & set(val_ids):
         raise RuntimeError(f"fold {fold}: a validation recording is in its training data")
-    return {"history": history, "best": best, "val_ids": val_ids, "oof": holder["best"],
-            "trained_on": sorted(trained_on)}
+    history, best = fit(model, make_loader, step, validate, epochs=cfg.epochs, lr=cfg.lr,
+                        t_max=cfg.t_max, device=device, metric="val_lwlrap", ckpt_fn=save_best,
+                        amp=cfg.amp, desc=f"fold {fold}", state_path=fold_state(run_dir, fold),
+                        extra=holder)
+    history.insert(0, "fold", fold)
+    result = {"history": history, "best": best, "val_ids": val_ids, "oof": holder["best"],
+              "trained_on": sorted(trained_on)}
+    # the fold's training state gives way to its result: a re-run skips the fold
+    runs.save_torch(fold_state(run_dir, fold), {"done": True, "result": result})
+    return result
+
+
+def fold_state(run_dir: Path, fold: int) -> Path:
+    """Per-fold resume file: the training state after each epoch, the result once done."""
+    return Path(run_dir) / f"fold{fold}.state.pth"
+
+
+def finished_fold(run_dir: Path, fold: int) -> dict | None:
+    """The stored result of a fold a crashed run already finished (see run_fold), else None."""
+    path = fold_state(run_dir, fold)
+    if not path.exists():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if not state.get("done"):
+        return None
+    print(f"fold {fold}: finished before the restart, result loaded from {path}", flush=True)
+    return state["result"]
+
+
 
 
 def predict_test(run_dir: Path, folds: list[int], prep, cfg, device,

@@ -7,15 +7,17 @@ Adam, CosineAnnealingLR stepped per epoch, mixed precision, best-epoch checkpoin
 from __future__ import annotations
 
 import math
+import random
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from common.runs import save_csv
+from common.runs import save_csv, save_torch
 
 
 def autocast(device: torch.device, amp: str):
@@ -53,17 +55,27 @@ def train_epoch(model, loader, step, optimizer, device, amp: str = "none",
 
 
 def fit(model, make_loader, step, validate, *, epochs: int, lr: float, t_max: int,
-        device, metric: str, ckpt_fn, amp: str = "none", desc: str = "") -> tuple[pd.DataFrame, dict]:
+        device, metric: str, ckpt_fn, amp: str = "none", desc: str = "",
+        state_path=None, extra: dict | None = None) -> tuple[pd.DataFrame, dict]:
     """Train for `epochs`, validating after each; `ckpt_fn(model, row)` saves the best epoch.
 
     make_loader(epoch) returns the epoch's batches; validate(model) returns a dict of
     validation figures including `metric` (higher is better). Returns (history, best row).
+    With `state_path`, everything the next epoch depends on (model, optimizer, scheduler,
+    scaler, history, best row and weights, RNG states, the caller's `extra` dict) is saved
+    atomically after every epoch; a call that finds that file continues after its last
+    completed epoch, so a killed run ends as an uninterrupted one would (make_loader must be
+    a pure function of the epoch, as the kit's samplers and crop datasets are).
     """
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t_max)
     scaler = torch.amp.GradScaler("cuda") if amp == "fp16" and device.type == "cuda" else None
-    rows, best = [], {metric: -math.inf}
-    for epoch in range(epochs):
+    parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
+    loop = {"epoch": 0, "rows": [], "best": {metric: -math.inf}, "best_model": None}
+    if state_path is not None and Path(state_path).exists():
+        load_state(state_path, parts, loop, extra, ckpt_fn)
+        print(f"{desc} resumed after epoch {loop['epoch'] - 1} ({state_path})", flush=True)
+    for epoch in range(loop["epoch"], epochs):
         tic = time.time()
         loss = train_epoch(model, make_loader(epoch), step, optimizer, device, amp, scaler,
                            desc=f"{desc} ep{epoch}")
@@ -71,13 +83,63 @@ def fit(model, make_loader, step, validate, *, epochs: int, lr: float, t_max: in
         scheduler.step()
         row = {"epoch": epoch, "lr": current_lr, "train_loss": loss, **validate(model),
                "seconds": round(time.time() - tic, 2)}
-        rows.append(row)
-        if row[metric] > best[metric]:
-            best = dict(row)
-            ckpt_fn(model, best)
+        loop["rows"].append(row)
+        if row[metric] > loop["best"][metric]:
+            loop["best"] = dict(row)
+            if state_path is not None:
+                loop["best_model"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            ckpt_fn(model, loop["best"])
+        loop["epoch"] = epoch + 1
+        if state_path is not None:
+            save_state(state_path, parts, loop, extra)
         print(f"{desc} epoch {epoch:2d} loss {loss:.4f} {metric} {row[metric]:.4f} "
-              f"({row['seconds']:.0f}s){' *' if best['epoch'] == epoch else ''}", flush=True)
-    return pd.DataFrame(rows), best
+              f"({row['seconds']:.0f}s){' *' if loop['best']['epoch'] == epoch else ''}", flush=True)
+    return pd.DataFrame(loop["rows"]), loop["best"]
+
+
+def rng_states() -> dict:
+    states = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+              "python": random.getstate()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    np.random.set_state(states["numpy"])
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def save_state(path, parts: dict, loop: dict, extra: dict | None) -> None:
+    """The training state after an epoch, written atomically (see fit)."""
+    state = {k: (v.state_dict() if v is not None else None) for k, v in parts.items()}
+    save_torch(path, {**state, "loop": loop, "extra": extra, "rng": rng_states()})
+
+
+def load_state(path, parts: dict, loop: dict, extra: dict | None, ckpt_fn) -> None:
+    """Restore what save_state wrote. The best checkpoint is written again from the saved
+    best weights: a kill between writing it and writing the state could have left a later
+    epoch's weights there. `extra` is restored before and after, undoing ckpt_fn's side effects."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+
+    def restore_extra():
+        if extra is not None:
+            extra.clear()
+            extra.update(state["extra"] or {})
+
+    loop.update(state["loop"])
+    restore_extra()
+    if loop["best_model"] is not None:
+        parts["model"].load_state_dict(loop["best_model"])
+        ckpt_fn(parts["model"], loop["best"])
+    restore_extra()
+    for name, part in parts.items():
+        if part is not None:
+            part.load_state_dict(state[name])
+    set_rng_states(state["rng"])
 
 
 def save_history_plot(history: pd.DataFrame, path, metric: str) -> Path:

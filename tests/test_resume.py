@@ -1,0 +1,100 @@
+"""Crash safety and reproducibility: a training run killed with SIGKILL and run again with
+the same command ends with the same weights and OOF as an uninterrupted run; two runs with
+the same seed and config give the same OOF on CPU; how a re-run picks the run to continue."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+
+from common import runs
+from common.cli import ConfigError, parse_cfg
+from tests.conftest import ROOT
+from tests.test_ensemble import fake_work_dir
+
+# a tiny stage-1 run on the fake cache: 2 folds x 2 epochs, dropout and SpecAugment on so
+# the torch RNG state matters, a few seconds on CPU
+TINY_STAGE1 = ["--backbone=resnet10t", "--in_chans=1", "--crop_seconds=1", "--n_fft=256",
+               "--hop_length=128", "--n_mels=32", "--fmin=50", "--fmax=4000", "--image_size=",
+               "--epochs=2", "--batch_size=2", "--crops_per_row=4", "--spec_masks=1",
+               "--infer_batch=8", "--device=cpu", "--seed=7"]
+
+
+def weights(path):
+    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+
+
+def assert_same_run(a, b):
+    for fold in (0, 1):
+        wa, wb = weights(a / f"fold{fold}.pth"), weights(b / f"fold{fold}.pth")
+        assert wa.keys() == wb.keys()
+        assert all(torch.equal(wa[k], wb[k]) for k in wa), f"fold {fold} weights differ"
+    pd.testing.assert_frame_equal(pd.read_csv(a / "oof.csv"), pd.read_csv(b / "oof.csv"))
+    ha, hb = pd.read_csv(a / "history.csv"), pd.read_csv(b / "history.csv")
+    pd.testing.assert_frame_equal(ha.drop(columns="seconds"), hb.drop(columns="seconds"))
+
+
+def kill_when(args, pattern, base, timeout=300):
+    """Start `python 02_train_stage1.py args` (2 threads, as the test process), SIGKILL it as
+    soon as a file matching `pattern` exists under `base`; returns its exit status."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "02_train_stage1.py"), *args], cwd=ROOT,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while not any(base.glob(pattern)) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
+    return proc.wait()
+
+
+def args_for(work, data):
+    return [*TINY_STAGE1, f"--work_dir={work}", f"--input_dir={data}"]
+
+
+def train(scripts, args):
+    """Run stage 1 in this process, as `python 02_train_stage1.py args` would."""
+    module = scripts("02_train_stage1")
+    return module.main(parse_cfg(module.CFG, "stage1", args))
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, scripts):
+    """Two uninterrupted runs of the same command in one work dir."""
+    work, data = fake_work_dir(tmp_path_factory.mktemp("straight"))
+    train(scripts, [*args_for(work, data), "--tag=first"])
+    train(scripts, [*args_for(work, data), "--tag=second"])
+    return work
+
+
+def test_same_seed_and_config_give_the_same_oof_and_weights(straight):
+    first, second = straight / "stage1" / "first", straight / "stage1" / "second"
+    assert_same_run(first, second)
+    manifest = runs.read_manifest(first)
+    assert manifest["finished"] and manifest["config"]["seed"] == 7
+    assert manifest["packages"]["torch"] == runs.package_versions()["torch"]
+    assert {"python", "numpy", "timm"} <= set(manifest["packages"])
+
+
+def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(straight, tmp_path, scripts,
+                                                                     capsys):
+    work, data = fake_work_dir(tmp_path)  # the same fake data in another work dir
+    args = args_for(work, data)
+    # kill once fold 1 has a state file: fold 0 is done, fold 1 is mid-training
+    assert kill_when(args, "stage1/*/fold1.state.pth", work) == -signal.SIGKILL
+    crashed = [p for p in (work / "stage1").iterdir() if p.name != "r0"]
+    assert len(crashed) == 1 and not runs.read_manifest(crashed[0])["finished"]
+    with pytest.raises(ConfigError, match="unfinished"):
+        runs.find_run(work, "stage1", crashed[0].name)  # no later stage reads it
+    train(scripts, args)  # the same command again
+    log = capsys.readouterr().out
+    assert f"stage1 {crashed[0].name} (resumed)" in log
+    assert "fold 0: finished before the restart" in log and "fold 1 resumed after epoch 0" in log
+    assert runs.read_manifest(crashed[0])["finished"]
+    assert_same_run(straight / "stage1" / "first", crashed[0])
