@@ -6,6 +6,9 @@ Writes WORK_DIR/stage1/<tag>/: fold{k}.pth (self-describing checkpoints), oof.cs
        curves.png, metrics.json, manifest.json; a row of WORK_DIR/experiments.csv/.md;
        stage1.* figures in WORK_DIR/summary.json.
 
+BirdCLEF layout: validated by local F1 (5 s segments of the validation clips) and scored
+by soundscape F1 on the held-out labelled soundscapes (BirdCLEF 2021 row-wise F1).
+
 Examples:
     python 02_train_stage1.py                                  # recipe: b2, 10 s, 128 mels, 30 ep
     python 02_train_stage1.py --cfg_file=profiles/demo.json    # the CPU demo profile
@@ -20,9 +23,11 @@ import torch
 
 from common import paths, runs, stage
 from common.cli import cfg_dict, run
-from common.data import CropDataset, split_fold
+from common.birdclef import clip_anchors
+from common.data import CropDataset, cap_per_class, split_fold
 from common.infer import resolve_device
 from common.losses import get_loss
+from common.noise import input_mixup
 from common.prepared import load_prepared
 from common.sed import build_model
 
@@ -37,7 +42,7 @@ class CFG:
     fresh: bool = False            # true: a new run even when a crashed one of this config exists
     memo: str = ""                 # free text for the experiments table
     # model
-    backbone: str = "tf_efficientnet_b2"  # any timm name
+    backbone: str = "tf_efficientnet_b2"  # any timm name, or the kit's cnn14 | cnn10 | wavenet
     in_chans: int = 3              # 1, or 3 (the mel image repeated, as ImageNet weights expect)
     pretrained_path: str = ""      # local backbone weights (nothing is downloaded)
     dropout: float = 0.5           # before and after the per-frame Linear
@@ -51,6 +56,12 @@ class CFG:
     image_size: str = "224x400"    # resize the mel image to MELSxFRAMES; "" = no resize
     freq_coord: bool = False       # extra input channel: mel-bin index 0..1 (2nd place RFCx)
     spec_masks: int = 0            # SpecAugment: time and frequency masks per example (0 = off)
+    noise_white: float = 0.0       # probability of adding white noise to a training wave
+    noise_pink: float = 0.0        # ... pink noise (-3 dB/octave)
+    noise_brown: float = 0.0       # ... brown noise (-6 dB/octave)
+    noise_snr_min: float = 5.0     # dB, range of the random signal-to-noise ratio
+    noise_snr_max: float = 30.0    # dB
+    mixup: float = 0.0             # input mixup on the waveform, Beta(a, a); labels united; 0 = off
     # training
     loss: str = "lsep"             # lsep | bce
     epochs: int = 30
@@ -59,6 +70,8 @@ class CFG:
     t_max: int = 10                # CosineAnnealingLR period, epochs
     crops_per_row: int = 1         # crops drawn per TP row per epoch
     min_overlap: float = 0.5       # s of an event inside a crop for it to label the crop
+    max_per_class: int = 0         # data ablation: training recordings per class at most; 0 = all
+    clip_chunks: int = 4           # BirdCLEF: anchors per clip, spread over it (x crops_per_row)
     folds: list[int] = field(default_factory=list)  # [] = every fold; e.g. --folds=0,2
     val_stride_seconds: float = 0.0  # sliding-window stride for whole recordings; 0 = crop
     infer_batch: int = 64
@@ -77,6 +90,11 @@ def make_fold(cfg: CFG, prep, fold: int, mcfg: dict, device):
     train_ids, _ = split_fold(prep.folds, fold)
     ann = prep.annotations
     rows = ann[(ann["label"] > 0) & ann["recording_id"].isin(train_ids)]
+    if prep.layout == "birdclef":  # anchors: the primary-label clips (secondary rows label only)
+        rows = rows[rows["source"] == "primary"]
+    rows = cap_per_class(rows, cfg.max_per_class, cfg.seed + fold)
+    if prep.layout == "birdclef":
+        rows = clip_anchors(rows, cfg.crop_seconds, cfg.clip_chunks)
     rows = rows.loc[rows.index.repeat(cfg.crops_per_row)]
     dataset = CropDataset(rows, ann[ann["label"] > 0], prep.cache, prep.classes, prep.sample_rate,
                           cfg.crop_seconds, prep.durations, seed=cfg.seed + fold,
@@ -88,11 +106,15 @@ def make_fold(cfg: CFG, prep, fold: int, mcfg: dict, device):
         gen = torch.Generator().manual_seed(cfg.seed * 1000 + fold * 100 + epoch)
         return torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True,
                                            generator=gen, num_workers=cfg.num_workers,
-                                           pin_memory=device.type == "cuda", drop_last=False)
+                                           pin_memory=device.type == "cuda",
+                                           # a 1-example last batch breaks BatchNorm (SE blocks)
+                                           drop_last=len(dataset) % cfg.batch_size == 1)
 
     def step(model, batch):
-        wave, labels = batch
-        return loss_fn(model(wave)["clip_logit"].float(), stage1_targets(labels))
+        wave, targets = batch[0], stage1_targets(batch[1])
+        if cfg.mixup > 0:
+            wave, targets = input_mixup(wave, targets, cfg.mixup)
+        return loss_fn(model(wave)["clip_logit"].float(), targets)
 
     stage.seed_everything(cfg.seed + fold)
     model = build_model(mcfg, cfg.pretrained_path).to(device)
@@ -124,6 +146,8 @@ def main(cfg: CFG) -> dict:
     if "test_lwlrap" in out:
         line += (f"  | demo test LWLRAP {out['test_lwlrap']:.4f} (prevalence baseline "
                  f"{out['test_prevalence_baseline']:.4f})")
+    if "local_f1" in out:
+        line += f"  | local F1 {out['local_f1']:.4f}  soundscape F1 {out.get('soundscape_f1', float('nan')):.4f}"
     print(f"{line}  [{out['seconds']:.0f}s] -> {run_dir}", flush=True)
     return out
 

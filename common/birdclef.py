@@ -123,3 +123,15 @@ def annotations(meta: pd.DataFrame, segments: pd.DataFrame, durations: dict, cla
 def classes_of(meta: pd.DataFrame) -> list[str]:
     """The primary labels, sorted (BirdCLEF's submission order)."""
     return sorted(meta["primary_label"].unique())
+
+
+def clip_anchors(rows: pd.DataFrame, crop_seconds: float, max_chunks: int) -> pd.DataFrame:
+    """Training anchors of whole-clip rows: each clip cut into up to `max_chunks` equal chunks
+    (about one crop long), so crops (drawn around an anchor) cover the whole clip instead of
+    its middle only."""
+    out = []
+    for row in rows.itertuples(index=False):
+        n = max(1, min(max_chunks, int(np.ceil((row.t_max - row.t_min) / crop_seconds - 1e-6))))
+        edges = np.linspace(row.t_min, row.t_max, n + 1)
+        out += [row._replace(t_min=a, t_max=b) for a, b in zip(edges[:-1], edges[1:])]
+    return pd.DataFrame(out, columns=rows.columns)

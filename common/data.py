@@ -171,3 +171,17 @@ class CropDataset(torch.utils.data.Dataset):
                                                     start + self.crop, self.class_index,
                                                     self.min_overlap), -1, 1)
         return torch.from_numpy(wave), torch.from_numpy(labels)
+
+
+def cap_per_class(rows: pd.DataFrame, max_per_class: int, seed: int) -> pd.DataFrame:
+    """Keep the rows of at most `max_per_class` recordings per class (a seeded draw, fixed
+    for the run): the data-amount ablation (8 vs 28 clips per class). 0 keeps every row."""
+    if max_per_class <= 0:
+        return rows
+    rng = np.random.default_rng(seed)
+    keep = set()
+    for cls, grp in rows.groupby("class", sort=True):
+        ids = sorted(grp["recording_id"].unique())
+        chosen = rng.choice(ids, max_per_class, replace=False) if len(ids) > max_per_class else ids
+        keep |= {(cls, rid) for rid in chosen}
+    return rows[[(c, r) in keep for c, r in zip(rows["class"], rows["recording_id"])]]

@@ -66,3 +66,12 @@ class ColoredNoise(nn.Module):
             noise = colored_noise(b, n, EXPONENTS[colour], wave.device)
             wave = torch.where(hit, add_noise(wave, noise, snr), wave)
         return wave
+
+
+def input_mixup(wave: torch.Tensor, targets: torch.Tensor, alpha: float) -> tuple:
+    """Mix each waveform (B, N) with a permuted one of the batch, lam ~ Beta(alpha, alpha) per
+    batch; the mix carries both clips' labels (their union: a call stays audible at any lam,
+    and the union suits LSEP's hard ranking as well as BCE)."""
+    lam = torch.distributions.Beta(alpha, alpha).sample().to(wave.device)
+    perm = torch.randperm(len(wave), device=wave.device)
+    return lam * wave + (1 - lam) * wave[perm], torch.maximum(targets, targets[perm])

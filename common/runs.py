@@ -214,7 +214,7 @@ def update_summary(work_dir, section: str, figures: dict) -> Path:
 
 # ----------------------------------------------------------------------------- experiments
 EXPERIMENT_COLUMNS = ["run", "stage", "backbone", "resolution", "batch_size", "loss",
-                      "cv_lwlrap", "cv_f1", "test_lwlrap", "memo"]
+                      "cv_lwlrap", "cv_f1", "test_lwlrap", "local_f1", "soundscape_f1", "memo"]
 
 
 def append_experiment(work_dir, row: dict) -> Path:
@@ -233,22 +233,27 @@ def _column_order(name: str) -> tuple:
     return (EXPERIMENT_COLUMNS.index(name) if name in EXPERIMENT_COLUMNS else 99, name)
 
 
-def render_markdown(table: pd.DataFrame, group: str = "stage") -> str:
-    """One table per group (as in the seed's log), the best CV LWLRAP of each group in bold."""
+def render_markdown(table: pd.DataFrame, group: str = "stage",
+                    bold: tuple = ("cv_lwlrap", "local_f1", "soundscape_f1"),
+                    title: str = "Experiments") -> str:
+    """One table per group (as in the seed's log), the best value of each `bold` column
+    within each group in bold."""
     cols = [c for c in table.columns]
     parts = []
     for key, sub in table.fillna({group: ""}).groupby(group, sort=False) if group in table else [("", table)]:
-        best = pd.to_numeric(sub.get("cv_lwlrap"), errors="coerce")
-        best_idx = best.idxmax() if best.notna().any() else None
+        best = {}
+        for col in (c for c in bold if c in cols):
+            values = pd.to_numeric(sub[col], errors="coerce")
+            if values.notna().any():
+                best[col] = values.idxmax()
         lines = ["|" + "|".join(cols) + "|", "|" + "|".join("---" for _ in cols) + "|"]
         for idx, rec in sub.iterrows():
             cells = [_fmt(rec[c]) for c in cols]
-            if idx == best_idx and "cv_lwlrap" in cols:
-                pos = cols.index("cv_lwlrap")
-                cells[pos] = f"**{cells[pos]}**"
+            for col in (c for c, i in best.items() if i == idx):
+                cells[cols.index(col)] = f"**{cells[cols.index(col)]}**"
             lines.append("|" + "|".join(cells) + "|")
         parts.append(f"## {key}\n\n" + "\n".join(lines) + "\n")
-    return "# Experiments\n\n" + "\n".join(parts)
+    return f"# {title}\n\n" + "\n".join(parts)
 
 
 def _fmt(value) -> str:

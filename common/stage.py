@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from common import metrics, runs
+from common import metrics, runs, segments
 from common.cli import ConfigError, cfg_dict
 from common.data import split_fold
 from common.infer import predict_recordings
@@ -21,7 +21,8 @@ from common.sed import load_checkpoint, save_checkpoint
 from common.train import fit, save_history
 
 MODEL_FIELDS = ("backbone", "in_chans", "n_fft", "hop_length", "n_mels", "fmin", "fmax",
-                "dropout", "crop_seconds", "freq_coord", "spec_masks")
+                "dropout", "crop_seconds", "freq_coord", "spec_masks", "noise_white", "noise_pink",
+                "noise_brown", "noise_snr_min", "noise_snr_max")
 
 
 def parse_size(text: str) -> tuple[int, int] | None:
@@ -77,27 +78,35 @@ def run_fold(cfg, prep, fold: int, model, make_loader, step, run_dir: Path, devi
     truth = prep.tp_matrix(val_ids)
     window, stride = windows(cfg, prep.sample_rate)
     holder = {}
+    seg = segments.for_validation(prep, val_ids, cfg.crop_seconds)  # BirdCLEF: 5 s segments
+    select = "val_local_f1" if seg is not None else "val_lwlrap"
 
     def validate(m):
-        scores = predict_recordings(m, prep.cache, val_ids, window, stride, cfg.infer_batch, device)
+        if seg is not None:  # recording scores from the segments' logits: one pass
+            holder["last_seg"] = seg.logits(m, prep.cache, cfg.infer_batch, device)
+            scores = seg.per_recording(holder["last_seg"])
+        else:
+            scores = predict_recordings(m, prep.cache, val_ids, window, stride, cfg.infer_batch,
+                                        device)
         holder["last"] = scores
+        local = {"val_local_f1": seg.f1(holder["last_seg"])} if seg is not None else {}
         return {"val_lwlrap": metrics.lwlrap(truth, scores),
-                "val_f1": metrics.f1_at(truth, 1 / (1 + np.exp(-scores)))["f1"]}
+                "val_f1": metrics.f1_at(truth, 1 / (1 + np.exp(-scores)))["f1"], **local}
 
     def save_best(m, row):
-        holder["best"] = holder["last"]
+        holder["best"], holder["best_seg"] = holder["last"], holder.get("last_seg")
         save_checkpoint(run_dir / f"fold{fold}.pth", m, {"fold": fold, "epoch": row["epoch"],
                                                          "val_lwlrap": row["val_lwlrap"]})
 
     if set(trained_on) & set(val_ids):
         raise RuntimeError(f"fold {fold}: a validation recording is in its training data")
     history, best = fit(model, make_loader, step, validate, epochs=cfg.epochs, lr=cfg.lr,
-                        t_max=cfg.t_max, device=device, metric="val_lwlrap", ckpt_fn=save_best,
+                        t_max=cfg.t_max, device=device, metric=select, ckpt_fn=save_best,
                         amp=cfg.amp, desc=f"fold {fold}", state_path=fold_state(run_dir, fold),
                         extra=holder)
     history.insert(0, "fold", fold)
     result = {"history": history, "best": best, "val_ids": val_ids, "oof": holder["best"],
-              "trained_on": sorted(trained_on)}
+              "seg_logits": holder.get("best_seg"), "trained_on": sorted(trained_on)}
     # the fold's training state gives way to its result: a re-run skips the fold
     runs.save_torch(fold_state(run_dir, fold), {"done": True, "result": result})
     return result
@@ -118,8 +127,6 @@ def finished_fold(run_dir: Path, fold: int) -> dict | None:
         return None
     print(f"fold {fold}: finished before the restart, result loaded from {path}", flush=True)
     return state["result"]
-
-
 
 
 def predict_test(run_dir: Path, folds: list[int], prep, cfg, device,
@@ -163,7 +170,11 @@ def finish_run(cfg, prep, stage: str, run_dir: Path, fold_results: list, mcfg: d
               "fold_lwlrap": {int(r["history"]["fold"].iloc[0]): r["best"]["val_lwlrap"]
                               for r in fold_results},
               "folds": [int(f) for f in folds]}
-    ids, test = predict_test(run_dir, folds, prep, cfg, device)
+    if prep.layout == "birdclef":  # local F1 and soundscape F1 (BirdCLEF 2021 rule)
+        result.update(segments.score_run(run_dir, fold_results, prep, cfg, device, lambda f:
+                                         load_checkpoint(run_dir / f"fold{f}.pth", device)[0]))
+    ids, test = predict_test(run_dir, folds, prep, cfg, device) if prep.ids("test") else \
+        ([], np.zeros((0, len(prep.classes))))  # the BirdCLEF layout has no test split here
     runs.save_csv(run_dir / "test_pred.csv", score_frame(ids, test, prep.classes))
     found = prep.test_truth(cfg.input_dir)
     if found is not None:
@@ -180,8 +191,10 @@ def finish_run(cfg, prep, stage: str, run_dir: Path, fold_results: list, mcfg: d
         "resolution": resolution(mcfg), "batch_size": cfg.batch_size, "loss": loss_name,
         "cv_lwlrap": result["cv_lwlrap"], "cv_f1": result["cv_f1"],
         "test_lwlrap": result.get("test_lwlrap"),
-        "memo": f"hop={mcfg['hop_length']} epochs={cfg.epochs} folds={len(folds)} {cfg.memo}".strip()})
-    summary = {k: result[k] for k in ("cv_lwlrap", "cv_f1", "test_lwlrap",
+        **{k: result[k] for k in ("local_f1", "soundscape_f1") if k in result},
+        "memo": f"hop={mcfg['hop_length']} epochs={cfg.epochs} folds={len(folds)} "
+                f"{segments.best_memo(result)}{cfg.memo}".strip()})
+    summary = {k: result[k] for k in ("cv_lwlrap", "cv_f1", "test_lwlrap", "local_f1", "soundscape_f1",
                                       "test_prevalence_baseline", "seconds") if k in result}
     runs.update_summary(cfg.work_dir, stage, {**summary, "tag": run_dir.name})
     runs.write_manifest(run_dir, stage, cfg_dict(cfg), inputs,

@@ -83,3 +83,39 @@ def test_duplicate_clip_names_are_refused(tmp_path):
                                                               index=False)
     with pytest.raises(ConfigError, match="more than once"):
         birdclef.read_metadata(tmp_path)
+
+
+def test_cap_per_class_keeps_at_most_n_recordings_per_class():
+    from common.data import cap_per_class
+    rows = pd.DataFrame({"recording_id": [f"r{i}" for i in range(30)],
+                         "class": ["a"] * 20 + ["b"] * 10, "t_min": 0.0, "t_max": 5.0})
+    capped = cap_per_class(rows, 8, seed=1)
+    assert capped.groupby("class")["recording_id"].nunique().to_dict() == {"a": 8, "b": 8}
+    assert capped.equals(cap_per_class(rows, 8, seed=1))          # fixed for a run
+    assert cap_per_class(rows, 0, seed=1).equals(rows)            # 0 = all
+    assert len(cap_per_class(rows, 28, seed=1)) == 30
+
+
+def test_clip_anchors_cover_the_clip():
+    rows = pd.DataFrame({"recording_id": ["x", "y"], "class": ["a", "b"], "t_min": 0.0,
+                         "t_max": [23.0, 4.0], "label": 1})
+    anchors = birdclef.clip_anchors(rows, 5.0, 4)
+    x = anchors[anchors["recording_id"] == "x"]
+    assert len(x) == 4 and x["t_min"].iloc[0] == 0 and x["t_max"].iloc[-1] == 23.0
+    assert np.allclose(x["t_max"].to_numpy() - x["t_min"].to_numpy(), 23.0 / 4)
+    assert len(anchors[anchors["recording_id"] == "y"]) == 1
+
+
+def test_input_mixup_mixes_waves_and_unites_labels():
+    import torch
+    from common.noise import input_mixup
+    torch.manual_seed(0)
+    wave = torch.stack([torch.ones(100), -torch.ones(100), torch.zeros(100)])
+    targets = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 0]])
+    mixed, united = input_mixup(wave, targets, 0.4)
+    torch.manual_seed(0)  # the same draws: lam first, then the permutation
+    lam = torch.distributions.Beta(0.4, 0.4).sample()
+    perm = torch.randperm(3)
+    assert torch.allclose(mixed, lam * wave + (1 - lam) * wave[perm])
+    assert torch.equal(united, torch.maximum(targets, targets[perm]))
+    assert (united >= targets).all()
