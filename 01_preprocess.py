@@ -13,6 +13,8 @@ Examples:
     python 01_preprocess.py                                   # demo data, recipe settings
     python 01_preprocess.py --cfg_file=profiles/demo.json     # the CPU demo profile
     python 01_preprocess.py --input_dir=/data/rfcx --sample_rate=32000 --workers=8
+    python 01_preprocess.py --tag=rfcx --shard=0/4   # machine 0 of 4, then, all shards in place:
+    python 01_preprocess.py --tag=rfcx --shard=merge
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from common import audio, birdclef, data, paths, runs
+from common import audio, birdclef, data, paths, runs, shards
 from common.cli import ConfigError, cfg_dict, run
 
 
@@ -44,6 +46,8 @@ class CFG:
     demo_n_test: int = 100     # demo test recordings
     demo_duration: float = 20.0  # demo recording length, s
     secondary_labels: bool = True  # BirdCLEF: clips also get +1 rows for their secondary labels
+    shard: str = ""            # "i/n": cache files i, i+n, ... only (same --tag everywhere);
+                               # "merge": finish the run from its shards (common/shards.py)
 
 
 def ensure_demo(cfg: CFG) -> None:
@@ -147,10 +151,17 @@ def main(cfg: CFG) -> Path:
     ensure_demo(cfg)
     input_dir = Path(cfg.input_dir)
     make_annotations, classes, files, segments = read_inputs(input_dir, cfg)
+    if cfg.shard and cfg.shard != "merge":
+        return shards.run_shard(cfg.work_dir, cfg.tag, cfg.shard, files,
+                                lambda mine, cache_dir: decode_all(mine, cache_dir, cfg))
     run_dir = runs.start_run(cfg.work_dir, "preprocess", cfg.tag)
     runs.write_manifest(run_dir, "preprocess", cfg_dict(cfg), {"input_dir": str(input_dir)},
                         [], {}, finished=False)
-    results = decode_all(files, run_dir / "waves", cfg)
+    if cfg.shard == "merge":
+        results = shards.merge(run_dir, files)
+        shards.check_cached(results, lambda rid: audio.cache_path(run_dir / "waves", rid))
+    else:
+        results = decode_all(files, run_dir / "waves", cfg)
     report = build_report(results, time.time() - tic)
     for bad in report["unreadable"]:
         print(f"WARNING: skipped {bad['file']}: {bad['reason']}", flush=True)
