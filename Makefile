@@ -10,7 +10,7 @@ PROFILE ?= profiles/demo.json
 SECOND_BACKBONE ?= mobilenetv3_small_100
 ARGS := --cfg_file=$(PROFILE) --input_dir=$(INPUT_DIR) --work_dir=$(WORK_DIR)
 
-.PHONY: install demo rounds test clean
+.PHONY: install demo rounds test bench clean
 
 install: $(VENV)/.installed
 
@@ -42,6 +42,11 @@ rounds: install
 
 test: install
 	$(PYTHON) -m pytest -q tests
+
+# Throughput and memory figures against what this machine allows (bench/bench.py); writes
+# $(WORK_DIR)/bench.json. Synthetic audio goes to /tmp/bench, not into the repository.
+bench: install
+	$(PYTHON) -m bench.bench --work_dir=$(WORK_DIR)
 
 clean:
 	rm -rf $(WORK_DIR)

@@ -109,7 +109,7 @@ def cache_audio(path: str | os.PathLike, cache_dir, recording_id: str, target_sr
             _write_header(handle, 0)
             written = 0
             for block in stream_audio(path, target_sr, info, block_seconds):
-                handle.write(np.clip(block, -1.0, 1.0).astype("<f2").tobytes())
+                handle.write(np.clip(block, -1.0, 1.0, out=block).astype("<f2").tobytes())
                 written += len(block)
             handle.seek(0)
             _write_header(handle, written)

@@ -1,0 +1,146 @@
+"""Training and inference figures of the benchmark: the kit's real stage-1 loop and test
+inference, each next to the pure model (same process, same model, random tensors of the
+same shape), so the ratio shows how much the data path costs."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def script(name: str):
+    """Import a numbered script (e.g. '02_train_stage1') as a module."""
+    key = f"script_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, ROOT / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module  # dataclasses resolve annotations through sys.modules
+        spec.loader.exec_module(module)
+    return sys.modules[key]
+
+
+def setup(cfg, data_dir: Path):
+    """The demo config of the model figures on a small demo preprocessing run (written once
+    under data_dir): (stage-1 CFG, Prepared, model_cfg)."""
+    from common import runs, stage
+    from common.cli import parse_cfg
+    from common.demo import DemoSpec, write_rfcx_demo
+    from common.prepared import load_prepared
+
+    demo, work = data_dir / "demo", data_dir / "work"
+    io = [f"--cfg_file={cfg.profile}", f"--input_dir={demo}", f"--work_dir={work}"]
+    if "bench" not in runs.list_runs(work, "preprocess"):
+        write_rfcx_demo(demo, DemoSpec(seed=11, n_train=cfg.train_demo_recordings, n_test=4,
+                                       duration=20.0), workers=cfg.workers or 2)
+        pre = script("01_preprocess")
+        pre.main(parse_cfg(pre.CFG, "preprocess", [*io, "--tag=bench", "--workers=1"]))
+    s1 = script("02_train_stage1")
+    stage1 = parse_cfg(s1.CFG, "stage1", [*io, "--preprocess=bench", f"--amp={cfg.amp}",
+                                          f"--device={cfg.device}"])
+    prep = load_prepared(work, "bench")
+    return stage1, prep, stage.model_cfg(stage1, prep.classes, prep.sample_rate)
+
+
+def interleaved_rates(measures: dict, repeats: int) -> dict:
+    """{name: (amount, fn)} -> {name: amount / best wall time of fn}. The measurements take
+    turns, `repeats` rounds, so a machine whose load drifts during the run affects all of
+    them alike, and the best round of each is kept."""
+    best = {name: float("inf") for name in measures}
+    for _ in range(repeats):
+        for name, (_, fn) in measures.items():
+            tic = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - tic)
+    return {name: amount / best[name] for name, (amount, _) in measures.items()}
+
+
+def training(cfg, stage1, prep, mcfg, device) -> tuple[dict, object]:
+    from common.train import train_epoch
+
+    s1 = script("02_train_stage1")
+    model, make_loader, step, _ = s1.make_fold(stage1, prep, 0, mcfg, device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=stage1.lr)
+    real = list(make_loader(0))  # warm-up pass; its shapes make the random batches
+    samples = sum(len(b[0]) for b in real)
+    fake = [(0.1 * torch.randn_like(w), lab.clone()) for w, lab in real]
+    del real
+
+    def run(loader):
+        return lambda: train_epoch(model, loader() if callable(loader) else loader, step,
+                                   optimizer, device, stage1.amp, desc="bench")
+
+    rates = interleaved_rates({"train_samples_per_s": (samples, run(lambda: make_loader(0))),
+                               "model_step_samples_per_s": (samples, run(fake))}, cfg.repeats)
+    out = {"train_samples_per_epoch": samples, **rates}
+    if cfg.profile_epoch:
+        out["profile"] = profile_epoch(model, make_loader(0), step, optimizer, device, stage1.amp,
+                                       Path(cfg.work_dir) / "bench_profile.txt")
+    return out, model
+
+
+def inference(cfg, stage1, model, cache_dir: Path, ids: list, sr: int, device) -> dict:
+    from common.audio import WaveCache
+    from common.infer import predict_recordings, window_starts
+    from common.train import autocast
+
+    cache = WaveCache(cache_dir)
+    window = int(round(stage1.crop_seconds * sr))
+    n_windows = sum(len(window_starts(cache.length(r), window, window)) for r in ids)
+    audio_s = sum(cache.length(r) for r in ids) / sr
+    batches = [min(stage1.infer_batch, n_windows - b) for b in range(0, n_windows, stage1.infer_batch)]
+    fake = torch.zeros(stage1.infer_batch, window).uniform_(-0.1, 0.1)
+
+    def real():
+        with autocast(device, stage1.amp):
+            predict_recordings(model, cache, ids, window, window, stage1.infer_batch, device)
+
+    @torch.inference_mode()
+    def forward():
+        model.eval()
+        with autocast(device, stage1.amp):
+            for size in batches:
+                model(fake[:size].to(device))["clip_logit"].float().cpu()
+
+    real()  # warm-up
+    rates = interleaved_rates({"infer_x": (audio_s, real),
+                               "forward_x": (n_windows * stage1.crop_seconds, forward)}, cfg.repeats)
+    return {"infer_audio_seconds": audio_s, "infer_windows": n_windows, **rates}
+
+
+def profile_epoch(model, loader, step, optimizer, device, amp: str, path: Path) -> dict:
+    """torch.profiler over one real training epoch: the top operators by self CPU time (the
+    table goes to `path`) and the share of the epoch spent fetching batches."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from common.train import train_epoch
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    tic = time.perf_counter()
+    with profile(activities=activities) as prof:
+        train_epoch(model, loader, step, optimizer, device, amp, desc="profile")
+    wall_us = (time.perf_counter() - tic) * 1e6
+    events = prof.key_averages()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(events.table(sort_by="self_cpu_time_total", row_limit=25))
+    fetch = sum(e.cpu_time_total for e in events if "DataLoader" in e.key)
+    top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:8]
+    return {"epoch_s": round(wall_us / 1e6, 2), "batch_fetch_fraction": round(fetch / wall_us, 4),
+            "top_self_cpu": {e.key: round(float(np.round(e.self_cpu_time_total / wall_us, 4)), 4)
+                             for e in top}, "table": str(path)}
+
+
+def model_figures(cfg, stage1, prep, mcfg, cache_dir: Path, ids: list) -> dict:
+    from common.infer import resolve_device
+
+    device = resolve_device(cfg.device)
+    train, model = training(cfg, stage1, prep, mcfg, device)
+    return {"device": str(device), **train,
+            **inference(cfg, stage1, model, cache_dir, ids, prep.sample_rate, device)}
