@@ -133,14 +133,8 @@ def main(cfg: CFG) -> dict:
                                       cfg.resume, cfg.fresh)
     print(f"stage1 {run_dir.name}{' (resumed)' if resumed else ''}: {mcfg['backbone']} "
           f"{stage.resolution(mcfg)} on {device}, folds {folds}", flush=True)
-    results = []
-    for fold in folds:
-        result = stage.finished_fold(run_dir, fold)
-        if result is None:
-            model, make_loader, step, trained_on = make_fold(cfg, prep, fold, mcfg, device)
-            result = stage.run_fold(cfg, prep, fold, model, make_loader, step, run_dir, device,
-                                    trained_on)
-        results.append(result)
+    results = stage.train_folds(cfg, prep, folds, run_dir, device,
+                                lambda fold: make_fold(cfg, prep, fold, mcfg, device))
     out = stage.finish_run(cfg, prep, "stage1", run_dir, results, mcfg, inputs, device, tic, cfg.loss)
     line = f"stage1 CV LWLRAP {out['cv_lwlrap']:.4f}  CV F1@0.5 {out['cv_f1']:.4f}"
     if "test_lwlrap" in out:

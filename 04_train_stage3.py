@@ -48,6 +48,8 @@ class CFG:
     init: str = "latest"           # that run's tag
     pseudo: str = "latest"         # pseudo-label run tag; "" = no pseudo labels
     tag: str = ""
+    resume: str = ""               # tag of a crashed run to continue; "" = the newest one of this config
+    fresh: bool = False            # true: a new run even when a crashed one of this config exists
     memo: str = ""
     # sampler
     tp_per_batch: int = 8          # TP-stream rows per batch (TP rows, plus pseudo windows)
@@ -108,21 +110,22 @@ def make_fold(cfg: CFG, prep, fold: int, init_dir, pseudo, device):
     sampler = TwoStreamSampler(len(tp_rows), len(fp_rows), cfg.tp_per_batch, cfg.fp_per_batch,
                                seed=cfg.seed + fold, tp_epoch_rows=n_real_tp)
 
+    rng = {}  # mixup draws: a pure function of (seed, fold, epoch), so a resumed run repeats them
+
     def make_loader(epoch):
         dataset.set_epoch(epoch)
         sampler.set_epoch(epoch)
+        rng["gen"] = np.random.default_rng([cfg.seed, fold, 7, epoch])
         return torch.utils.data.DataLoader(dataset, batch_sampler=sampler,
                                            num_workers=cfg.num_workers,
                                            pin_memory=device.type == "cuda")
-
-    rng = np.random.default_rng([cfg.seed, fold, 7])  # mixup draws, reproducible per fold
 
     def step(model, batch):
         wave, labels = batch
         if not cfg.mixup:
             return masked_focal_loss(model(wave)["clip_logit"].float(), labels, **loss_kw(cfg))
-        perm = torch.from_numpy(rng.permutation(len(wave))).to(wave.device)
-        lam = float(rng.beta(cfg.mixup_alpha, cfg.mixup_alpha))
+        perm = torch.from_numpy(rng["gen"].permutation(len(wave))).to(wave.device)
+        lam = float(rng["gen"].beta(cfg.mixup_alpha, cfg.mixup_alpha))
         logits = model(wave, mix=(perm, lam))["clip_logit"].float()
         return masked_focal_loss(logits, labels, labels[perm], lam, **loss_kw(cfg))
 
@@ -144,18 +147,15 @@ def main(cfg: CFG) -> dict:
     cfg.crop_seconds = cfg.crop_seconds or mcfg["crop_seconds"]
     folds = stage.fold_list(cfg.folds or init_folds, int(prep.folds["fold"].max()) + 1)
     pseudo, pseudo_tag = load_pseudo(cfg)
-    run_dir = runs.start_run(cfg.work_dir, cfg.stage, cfg.tag)
     inputs = {"preprocess": prep.run_dir.name, "init": f"{cfg.init_from}/{init_dir.name}",
               "pseudo": pseudo_tag}
-    runs.write_manifest(run_dir, cfg.stage, cfg_dict(cfg), inputs, [], {}, finished=False)
+    run_dir, resumed = runs.begin_run(cfg.work_dir, cfg.stage, cfg_dict(cfg), inputs, cfg.tag,
+                                      cfg.resume, cfg.fresh)
     n_pseudo = 0 if pseudo is None else int((pseudo["label"] > 0).sum())
-    print(f"{cfg.stage} {run_dir.name}: from {cfg.init_from}/{init_dir.name}, "
-          f"{n_pseudo} pseudo-positive windows, folds {folds}", flush=True)
-    results = []
-    for fold in folds:
-        model, make_loader, step, trained_on = make_fold(cfg, prep, fold, init_dir, pseudo, device)
-        results.append(stage.run_fold(cfg, prep, fold, model, make_loader, step, run_dir, device,
-                                      trained_on))
+    print(f"{cfg.stage} {run_dir.name}{' (resumed)' if resumed else ''}: from {cfg.init_from}/"
+          f"{init_dir.name}, {n_pseudo} pseudo-positive windows, folds {folds}", flush=True)
+    results = stage.train_folds(cfg, prep, folds, run_dir, device,
+                                lambda fold: make_fold(cfg, prep, fold, init_dir, pseudo, device))
     out = stage.finish_run(cfg, prep, cfg.stage, run_dir, results, mcfg, inputs, device, tic,
                            "focal" + ("+mixup" if cfg.mixup else ""))
     line = f"{cfg.stage} CV LWLRAP {out['cv_lwlrap']:.4f}  CV F1@0.5 {out['cv_f1']:.4f}"

@@ -69,8 +69,11 @@ def new_tag(name: str = "") -> str:
 
 def start_run(work_dir, stage: str, tag: str = "", name: str = "") -> Path:
     """Create WORK_DIR/<stage>/<tag>/ (a fresh tag unless one is given) and return it."""
-    tag = tag or new_tag(name)
-    run_dir = Path(work_dir) / stage / tag
+    run_dir = Path(work_dir) / stage / (tag or new_tag(name))
+    for n in range(2, 100):  # two runs started in the same second get distinct default tags
+        if tag or not run_dir.exists():
+            break
+        run_dir = run_dir.with_name(f"{new_tag(name)}_{n}")
     if (run_dir / "manifest.json").exists():
         raise ConfigError(f"run {run_dir} already exists; pick another --tag or delete it")
     run_dir.mkdir(parents=True, exist_ok=True)

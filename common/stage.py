@@ -129,6 +129,19 @@ def finished_fold(run_dir: Path, fold: int) -> dict | None:
     return state["result"]
 
 
+def train_folds(cfg, prep, folds: list[int], run_dir: Path, device, make_fold) -> list[dict]:
+    """run_fold for each fold; a fold that a crashed run already finished is loaded, not
+    trained again. make_fold(fold) -> (model, make_loader, step, trained_on)."""
+    results = []
+    for fold in folds:
+        result = finished_fold(run_dir, fold)
+        if result is None:
+            model, make_loader, step, trained_on = make_fold(fold)
+            result = run_fold(cfg, prep, fold, model, make_loader, step, run_dir, device, trained_on)
+        results.append(result)
+    return results
+
+
 def predict_test(run_dir: Path, folds: list[int], prep, cfg, device,
                  weights: dict | None = None) -> tuple[list, np.ndarray]:
     """Test scores: each fold's best checkpoint, max over windows, mean over folds weighted

@@ -8,6 +8,7 @@ import torch
 
 from common.backbones import PannsCnn, create_backbone
 from common.sed import SEDModel
+from tests.test_features_sed import one_thread  # noqa: F401 (autouse: one thread, tiny inputs)
 
 SR = 16000
 # two resolutions: 32 mels x 65 frames (hop 250) and 48 mels x 101 frames (hop 160), 1 s crops
@@ -20,14 +21,6 @@ def model_cfg(backbone, n_mels, hop, **kw):
     return {"backbone": backbone, "n_classes": 4, "in_chans": 1, "sample_rate": SR, "n_fft": 512,
             "hop_length": hop, "n_mels": n_mels, "fmin": 50.0, "fmax": 8000.0, "image_size": None,
             "dropout": 0.1, "crop_seconds": 1.0, **kw}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)

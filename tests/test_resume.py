@@ -3,6 +3,7 @@ the same command ends with the same weights and OOF as an uninterrupted run; two
 the same seed and config give the same OOF on CPU; how a re-run picks the run to continue."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -98,3 +99,68 @@ def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(straight, tmp
     assert "fold 0: finished before the restart" in log and "fold 1 resumed after epoch 0" in log
     assert runs.read_manifest(crashed[0])["finished"]
     assert_same_run(straight / "stage1" / "first", crashed[0])
+
+
+# ----------------------------------------------------------------------------- which run a re-run continues
+CFG = {"epochs": 3, "seed": 1, "tag": "", "device": "cpu"}
+INPUTS = {"preprocess": "p0"}
+
+
+def crashed_run(work, tag, cfg=CFG, inputs=INPUTS, **manifest):
+    runs.write_manifest(work / "stage1" / tag, "stage1", cfg, inputs, [], {}, finished=False)
+    if manifest:
+        path = work / "stage1" / tag / "manifest.json"
+        runs.save_json(path, {**json.loads(path.read_text()), **manifest})
+
+
+def test_rerun_continues_the_newest_unfinished_run_of_the_same_config(tmp_path):
+    crashed_run(tmp_path, "old")
+    crashed_run(tmp_path, "other_cfg", cfg={**CFG, "epochs": 5})
+    crashed_run(tmp_path, "other_input", inputs={"preprocess": "p1"})
+    time.sleep(0.02)
+    crashed_run(tmp_path, "new")
+    run_dir, resumed = runs.begin_run(tmp_path, "stage1", {**CFG, "device": "cuda"}, INPUTS)
+    assert resumed and run_dir.name == "new"  # a device change does not block a resume
+    runs.write_manifest(run_dir, "stage1", CFG, INPUTS, [], {}, finished=True)
+    assert runs.begin_run(tmp_path, "stage1", CFG, INPUTS)[0].name == "old"
+
+
+def test_fresh_and_a_different_config_start_a_new_run(tmp_path):
+    crashed_run(tmp_path, "old")
+    run_dir, resumed = runs.begin_run(tmp_path, "stage1", CFG, INPUTS, fresh=True)
+    assert not resumed and run_dir.name != "old"
+    run_dir, resumed = runs.begin_run(tmp_path, "stage1", {**CFG, "seed": 2}, INPUTS)
+    assert not resumed and run_dir.name not in ("old",)
+
+
+def test_a_run_another_live_process_writes_is_not_continued(tmp_path):
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        crashed_run(tmp_path, "busy", pid=child.pid)
+        run_dir, resumed = runs.begin_run(tmp_path, "stage1", CFG, INPUTS)
+        assert not resumed and run_dir.name != "busy"
+        with pytest.raises(ConfigError, match=f"process {child.pid} is still running it"):
+            runs.begin_run(tmp_path, "stage1", CFG, INPUTS, resume="busy")
+    finally:
+        child.kill()
+        child.wait()
+
+
+@pytest.mark.parametrize("resume, message", [
+    ("done", "it is finished"),
+    ("nosuch", "manifest.json is missing"),
+    ("other_cfg", r"other settings \(epochs\)"),
+])
+def test_resume_tag_that_cannot_be_continued_says_why(tmp_path, resume, message):
+    crashed_run(tmp_path, "other_cfg", cfg={**CFG, "epochs": 5})
+    runs.write_manifest(tmp_path / "stage1" / "done", "stage1", CFG, INPUTS, [], {}, finished=True)
+    with pytest.raises(ConfigError, match=message) as err:
+        runs.begin_run(tmp_path, "stage1", CFG, INPUTS, resume=resume)
+    assert f"stage1 run {tmp_path / 'stage1' / resume}" in str(err.value)
+
+
+def test_explicit_tag_continues_its_crashed_run_or_refuses_another_config(tmp_path):
+    crashed_run(tmp_path, "mine")
+    assert runs.begin_run(tmp_path, "stage1", CFG, INPUTS, tag="mine") == (tmp_path / "stage1" / "mine", True)
+    with pytest.raises(ConfigError, match="other settings"):
+        runs.begin_run(tmp_path, "stage1", {**CFG, "seed": 9}, INPUTS, tag="mine")
