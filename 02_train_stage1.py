@@ -126,6 +126,7 @@ def main(cfg: CFG) -> dict:
     device = resolve_device(cfg.device)
     prep = load_prepared(cfg.work_dir, cfg.preprocess)
     mcfg = stage.model_cfg(cfg, prep.classes, prep.sample_rate)
+    stage.check_crop(cfg.crop_seconds, prep)
     get_loss(cfg.loss)
     folds = stage.fold_list(cfg.folds, int(prep.folds["fold"].max()) + 1)
     inputs = {"preprocess": prep.run_dir.name}

@@ -145,6 +145,7 @@ def main(cfg: CFG) -> dict:
     device = resolve_device(cfg.device)
     init_dir, _, prep, mcfg, init_folds = stage.open_run(cfg.work_dir, cfg.init_from, cfg.init)
     cfg.crop_seconds = cfg.crop_seconds or mcfg["crop_seconds"]
+    stage.check_crop(cfg.crop_seconds, prep)
     folds = stage.fold_list(cfg.folds or init_folds, int(prep.folds["fold"].max()) + 1)
     pseudo, pseudo_tag = load_pseudo(cfg)
     inputs = {"preprocess": prep.run_dir.name, "init": f"{cfg.init_from}/{init_dir.name}",

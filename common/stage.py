@@ -17,7 +17,7 @@ from common import metrics, runs, segments
 from common.cli import ConfigError, cfg_dict
 from common.data import split_fold
 from common.infer import predict_recordings
-from common.sed import load_checkpoint, save_checkpoint
+from common.sed import build_model, load_checkpoint, save_checkpoint
 from common.train import fit, save_history
 
 MODEL_FIELDS = ("backbone", "in_chans", "n_fft", "hop_length", "n_mels", "fmin", "fmax",
@@ -42,7 +42,28 @@ def model_cfg(cfg, classes: list, sample_rate: int) -> dict:
     if out["fmax"] > sample_rate / 2:
         raise ConfigError(f"fmax={cfg.fmax} Hz is above half the cache's sample rate "
                           f"({sample_rate} Hz); lower fmax or preprocess at a higher rate")
+    weights = getattr(cfg, "pretrained_path", "")
+    if weights and not Path(weights).is_file():
+        raise ConfigError(f"pretrained_path {weights} does not exist; give a local weights file")
+    try:  # a dry build on the meta device (no memory, no time): bad settings fail before a run starts
+        with torch.device("meta"):
+            build_model(out)
+    except ValueError as err:  # ConfigError included: unknown backbone, n_mels > STFT bins, ...
+        raise ConfigError(f"model settings: {err}") from None
     return out
+
+
+def check_crop(crop_seconds: float, prep) -> None:
+    """A crop longer than every training recording is a configuration mistake; longer than
+    some of them is fine (their crops are zero-padded), but said."""
+    durations = prep.recordings.loc[prep.recordings["split"] == "train", "duration"]
+    if len(durations) and crop_seconds > durations.max() + 1e-6:
+        raise ConfigError(f"crop_seconds={crop_seconds} is longer than every training recording "
+                          f"(the longest is {durations.max():.2f} s); lower crop_seconds")
+    short = int((durations < crop_seconds - 1e-6).sum())
+    if short:
+        print(f"WARNING: {short} of {len(durations)} training recordings are shorter than "
+              f"crop_seconds={crop_seconds}; their crops are zero-padded", flush=True)
 
 
 def resolution(mcfg: dict) -> str:
