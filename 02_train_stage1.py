@@ -21,11 +21,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from common import paths, runs, stage
+from common import dist, paths, runs, stage
 from common.cli import cfg_dict, run
 from common.birdclef import clip_anchors
 from common.data import CropDataset, cap_per_class, split_fold
-from common.infer import resolve_device
 from common.losses import get_loss
 from common.noise import input_mixup
 from common.prepared import load_prepared
@@ -104,11 +103,9 @@ def make_fold(cfg: CFG, prep, fold: int, mcfg: dict, device):
     def make_loader(epoch):
         dataset.set_epoch(epoch)
         gen = torch.Generator().manual_seed(cfg.seed * 1000 + fold * 100 + epoch)
-        return torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True,
-                                           generator=gen, num_workers=cfg.num_workers,
-                                           pin_memory=device.type == "cuda",
-                                           # a 1-example last batch breaks BatchNorm (SE blocks)
-                                           drop_last=len(dataset) % cfg.batch_size == 1)
+        # a 1-example last batch breaks BatchNorm (SE blocks)
+        return dist.shuffled_loader(dataset, cfg.batch_size, gen, device, cfg.num_workers,
+                                    drop_last=len(dataset) % cfg.batch_size == 1)
 
     def step(model, batch):
         wave, targets = batch[0], stage1_targets(batch[1])
@@ -123,19 +120,21 @@ def make_fold(cfg: CFG, prep, fold: int, mcfg: dict, device):
 
 def main(cfg: CFG) -> dict:
     tic = time.time()
-    device = resolve_device(cfg.device)
+    device = dist.setup(cfg.device)  # under torchrun: joins the process group, one GPU per rank
     prep = load_prepared(cfg.work_dir, cfg.preprocess)
     mcfg = stage.model_cfg(cfg, prep.classes, prep.sample_rate)
     stage.check_crop(cfg.crop_seconds, prep)
     get_loss(cfg.loss)
     folds = stage.fold_list(cfg.folds, int(prep.folds["fold"].max()) + 1)
     inputs = {"preprocess": prep.run_dir.name}
-    run_dir, resumed = runs.begin_run(cfg.work_dir, "stage1", cfg_dict(cfg), inputs, cfg.tag,
-                                      cfg.resume, cfg.fresh)
+    run_dir, resumed = dist.from_main(lambda: runs.begin_run(
+        cfg.work_dir, "stage1", cfg_dict(cfg), inputs, cfg.tag, cfg.resume, cfg.fresh))
     print(f"stage1 {run_dir.name}{' (resumed)' if resumed else ''}: {mcfg['backbone']} "
           f"{stage.resolution(mcfg)} on {device}, folds {folds}", flush=True)
     results = stage.train_folds(cfg, prep, folds, run_dir, device,
                                 lambda fold: make_fold(cfg, prep, fold, mcfg, device))
+    if not dist.is_main():
+        return {}  # rank 0 scores the test set and writes every artifact
     out = stage.finish_run(cfg, prep, "stage1", run_dir, results, mcfg, inputs, device, tic, cfg.loss)
     line = f"stage1 CV LWLRAP {out['cv_lwlrap']:.4f}  CV F1@0.5 {out['cv_f1']:.4f}"
     if "test_lwlrap" in out:

@@ -3,12 +3,15 @@
 Every batch holds `tp_per_batch` rows of the TP stream and `fp_per_batch` rows of the FP
 stream. TP rows are permuted each epoch; FP rows come from an endless stream of reshuffled
 permutations that continues across epochs. An epoch is #TP // tp_per_batch batches.
-Everything is a pure function of (seed, epoch), so a run is reproducible and resumable.
+Everything is a pure function of (seed, epoch), so a run is reproducible and resumable, and
+under torchrun every rank draws the same batches and keeps its own shard (common.dist).
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
+
+from common import dist
 
 
 def endless_slice(n: int, start: int, count: int, seed: int) -> np.ndarray:
@@ -40,6 +43,11 @@ class TwoStreamSampler(torch.utils.data.Sampler):
         self.tp_per_batch = tp_per_batch
         self.fp_per_batch = fp_per_batch if n_fp > 0 else 0
         self.seed, self.epoch = seed, 0
+        # under torchrun each rank keeps a disjoint part of both streams of every batch
+        self.rank, self.world = dist.rank_world()
+        if self.tp_per_batch < self.world:
+            raise ValueError(f"tp_per_batch={tp_per_batch} cannot be split over {self.world} "
+                             "ranks; use at least one TP row per rank")
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -60,4 +68,5 @@ class TwoStreamSampler(torch.utils.data.Sampler):
         for b in range(n_batches):
             tp_part = tp[b * self.tp_per_batch:(b + 1) * self.tp_per_batch]
             fp_part = fp[b * self.fp_per_batch:(b + 1) * self.fp_per_batch]
-            yield [int(i) for i in np.concatenate([tp_part, fp_part])]
+            yield [int(i) for i in np.concatenate([dist.shard(tp_part, self.rank, self.world),
+                                                   dist.shard(fp_part, self.rank, self.world)])]

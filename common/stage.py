@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from common import metrics, runs, segments
+from common import dist, metrics, runs, segments
 from common.cli import ConfigError, cfg_dict
 from common.data import split_fold
 from common.infer import predict_recordings
@@ -107,8 +107,8 @@ def run_fold(cfg, prep, fold: int, model, make_loader, step, run_dir: Path, devi
             holder["last_seg"] = seg.logits(m, prep.cache, cfg.infer_batch, device)
             scores = seg.per_recording(holder["last_seg"])
         else:
-            scores = predict_recordings(m, prep.cache, val_ids, window, stride, cfg.infer_batch,
-                                        device)
+            scores = dist.map_split(lambda ids: predict_recordings(  # ranks split the recordings
+                m, prep.cache, ids, window, stride, cfg.infer_batch, device), val_ids)
         holder["last"] = scores
         local = {"val_local_f1": seg.f1(holder["last_seg"])} if seg is not None else {}
         return {"val_lwlrap": metrics.lwlrap(truth, scores),
@@ -116,8 +116,9 @@ def run_fold(cfg, prep, fold: int, model, make_loader, step, run_dir: Path, devi
 
     def save_best(m, row):
         holder["best"], holder["best_seg"] = holder["last"], holder.get("last_seg")
-        save_checkpoint(run_dir / f"fold{fold}.pth", m, {"fold": fold, "epoch": row["epoch"],
-                                                         "val_lwlrap": row["val_lwlrap"]})
+        if dist.is_main():
+            save_checkpoint(run_dir / f"fold{fold}.pth", m, {"fold": fold, "epoch": row["epoch"],
+                                                             "val_lwlrap": row["val_lwlrap"]})
 
     if set(trained_on) & set(val_ids):
         raise RuntimeError(f"fold {fold}: a validation recording is in its training data")
@@ -129,7 +130,9 @@ def run_fold(cfg, prep, fold: int, model, make_loader, step, run_dir: Path, devi
     result = {"history": history, "best": best, "val_ids": val_ids, "oof": holder["best"],
               "seg_logits": holder.get("best_seg"), "trained_on": sorted(trained_on)}
     # the fold's training state gives way to its result: a re-run skips the fold
-    runs.save_torch(fold_state(run_dir, fold), {"done": True, "result": result})
+    if dist.is_main():
+        runs.save_torch(fold_state(run_dir, fold), {"done": True, "result": result})
+    dist.barrier()
     return result
 
 

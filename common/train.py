@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from common import dist
 from common.runs import save_csv, save_torch
 
 
@@ -75,10 +76,11 @@ def fit(model, make_loader, step, validate, *, epochs: int, lr: float, t_max: in
     if state_path is not None and Path(state_path).exists():
         load_state(state_path, parts, loop, extra, ckpt_fn)
         print(f"{desc} resumed after epoch {loop['epoch'] - 1} ({state_path})", flush=True)
+    train_model = dist.wrap(model, device)  # DistributedDataParallel under torchrun
     for epoch in range(loop["epoch"], epochs):
         tic = time.time()
-        loss = train_epoch(model, make_loader(epoch), step, optimizer, device, amp, scaler,
-                           desc=f"{desc} ep{epoch}")
+        loss = dist.mean(train_epoch(train_model, make_loader(epoch), step, optimizer, device,
+                                     amp, scaler, desc=f"{desc} ep{epoch}"))
         current_lr = scheduler.get_last_lr()[0]
         scheduler.step()
         row = {"epoch": epoch, "lr": current_lr, "train_loss": loss, **validate(model),
@@ -90,10 +92,12 @@ def fit(model, make_loader, step, validate, *, epochs: int, lr: float, t_max: in
                 loop["best_model"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             ckpt_fn(model, loop["best"])
         loop["epoch"] = epoch + 1
-        if state_path is not None:
+        if state_path is not None and dist.is_main():
             save_state(state_path, parts, loop, extra)
-        print(f"{desc} epoch {epoch:2d} loss {loss:.4f} {metric} {row[metric]:.4f} "
-              f"({row['seconds']:.0f}s){' *' if loop['best']['epoch'] == epoch else ''}", flush=True)
+        if dist.is_main():
+            print(f"{desc} epoch {epoch:2d} loss {loss:.4f} {metric} {row[metric]:.4f} "
+                  f"({row['seconds']:.0f}s){' *' if loop['best']['epoch'] == epoch else ''}",
+                  flush=True)
     return pd.DataFrame(loop["rows"]), loop["best"]
 
 
