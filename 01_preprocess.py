@@ -18,6 +18,7 @@ Examples:
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -28,8 +29,11 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from common import audio, birdclef, data, paths, runs, shards
+from common import audio, birdclef, data, paths, runs, shards, tables
 from common.cli import ConfigError, cfg_dict, run
+
+
+LONG_FACTOR = 4  # a recording this many times longer than the median is flagged in report.json
 
 
 @dataclass
@@ -37,6 +41,8 @@ class CFG:
     input_dir: str = field(default_factory=paths.default_input_dir)  # competition folder
     work_dir: str = field(default_factory=paths.default_work_dir)    # everything is written here
     tag: str = ""              # run name; default: a timestamp
+    resume: str = ""           # tag of a crashed run to continue; "" = the newest one of this config
+    fresh: bool = False        # true: a new run even when a crashed one of this config exists
     sample_rate: int = 48000   # Hz of the cache (the recipe trains at 48 kHz)
     n_folds: int = 5           # folds over TP recordings
     seed: int = 42             # fold split seed
@@ -98,16 +104,43 @@ def read_inputs(input_dir: Path, cfg: CFG) -> tuple:
 
 
 def cache_one(job: tuple) -> dict:
-    """Decode, resample and cache one file; never raises (a failure becomes a report entry)."""
+    """Decode, resample and cache one file; never raises (a failure becomes a report entry).
+    A file cached by a crashed run of this command is kept when still valid (see cached)."""
     rid, split, path, cache_dir, sr = job
-    rec = {"recording_id": rid, "split": split, "path": path}
+    rec = {"recording_id": rid, "split": split, "path": path, "source": source_stamp(path)}
+    done = cached(cache_dir, rec)
+    if done is not None:
+        return done
     try:  # streamed block by block: a worker's memory does not grow with the recording
         info = audio.cache_audio(path, cache_dir, rid, sr)
     except audio.AudioError as err:
         return {**rec, "ok": False, "reason": str(err)}
-    return {**rec, "ok": True, "source_sr": info["sample_rate"], "channels": info["channels"],
-            "duration": info["n_samples"] / sr, "n_samples": info["n_samples"],
-            "warnings": info["warnings"]}
+    rec = {**rec, "ok": True, "source_sr": info["sample_rate"], "channels": info["channels"],
+           "duration": info["n_samples"] / sr, "n_samples": info["n_samples"],
+           "warnings": info["warnings"]}
+    runs.save_json(Path(cache_dir) / f"{rid}.json", rec)  # after the .npy: marks it complete
+    return rec
+
+
+def source_stamp(path: str) -> list | None:
+    try:
+        stat = os.stat(path)
+    except OSError:  # cache_audio reports the missing file
+        return None
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def cached(cache_dir, rec: dict) -> dict | None:
+    """The stored result of a cache file that is complete (its .json is written last) and
+    current (same source file, size and time, and the .npy has the recorded length)."""
+    meta = Path(cache_dir) / f"{rec['recording_id']}.json"
+    try:
+        done = json.loads(meta.read_text())
+        length = np.load(audio.cache_path(cache_dir, rec["recording_id"]), mmap_mode="r").shape[0]
+    except (OSError, ValueError):
+        return None
+    same = all(done.get(k) == rec[k] for k in ("path", "split", "source"))
+    return done if same and length == done.get("n_samples") else None
 
 
 def decode_all(files: list, cache_dir: Path, cfg: CFG) -> list[dict]:
@@ -117,18 +150,6 @@ def decode_all(files: list, cache_dir: Path, cfg: CFG) -> list[dict]:
         return [cache_one(j) for j in tqdm(jobs, desc="decode")]
     with ProcessPoolExecutor(workers) as pool:
         return list(tqdm(pool.map(cache_one, jobs, chunksize=4), total=len(jobs), desc="decode"))
-
-
-def clean_annotations(ann: pd.DataFrame, ok: pd.DataFrame, classes: list[str], report: dict) -> pd.DataFrame:
-    """Drop rows whose recording is missing or unreadable, or whose class is unknown; count them."""
-    known = set(ok.loc[ok["split"] != "test", "recording_id"])
-    missing = ~ann["recording_id"].isin(known)
-    bad_class = ~ann["class"].isin(classes)
-    report["annotations_dropped"] = {
-        "recording_missing_or_unreadable": int(missing.sum()),
-        "class_not_in_submission": int((bad_class & ~missing).sum()),
-    }
-    return ann[~missing & ~bad_class].reset_index(drop=True)
 
 
 def build_report(results: list[dict], seconds: float) -> dict:
@@ -146,6 +167,30 @@ def build_report(results: list[dict], seconds: float) -> dict:
     }
 
 
+def audio_warnings(report: dict, results: list[dict], ann: pd.DataFrame) -> None:
+    """Print the skipped files with the annotations lost with each; flag recordings much
+    longer than the others and a mix of source sample rates (all are resampled)."""
+    lost = ann["recording_id"].value_counts()
+    for bad, res in zip(report["unreadable"], [r for r in results if not r["ok"]]):
+        n = bad["annotations_lost"] = int(lost.get(res["recording_id"], 0))
+        print(f"WARNING: skipped {bad['file']}: {bad['reason']}"
+              + (f" ({n} annotation rows lost with it)" if n else ""), flush=True)
+    report["annotations_lost_with_unreadable_files"] = sum(b["annotations_lost"]
+                                                           for b in report["unreadable"])
+    median = report["duration_s"]["median"]
+    for res in results:
+        if res["ok"] and res["duration"] > LONG_FACTOR * median:
+            note = f"{res['duration']:.0f} s long, over {LONG_FACTOR}x the median {median:.0f} s"
+            report["warnings"].append({"file": res["path"], "warning": note})
+    if len(report["warnings"]):
+        print(f"WARNING: {len(report['warnings'])} recordings were fixed on the way (downmixed, "
+              "non-finite or silent samples, unusual length); see 'warnings' in report.json",
+              flush=True)
+    if len(report["source_sample_rates"]) > 1:
+        print(f"WARNING: the recordings come at {len(report['source_sample_rates'])} sample rates "
+              f"{report['source_sample_rates']} (all resampled)", flush=True)
+
+
 def main(cfg: CFG) -> Path:
     tic = time.time()
     ensure_demo(cfg)
@@ -154,23 +199,20 @@ def main(cfg: CFG) -> Path:
     if cfg.shard and cfg.shard != "merge":
         return shards.run_shard(cfg.work_dir, cfg.tag, cfg.shard, files,
                                 lambda mine, cache_dir: decode_all(mine, cache_dir, cfg))
-    run_dir = runs.start_run(cfg.work_dir, "preprocess", cfg.tag)
-    runs.write_manifest(run_dir, "preprocess", cfg_dict(cfg), {"input_dir": str(input_dir)},
-                        [], {}, finished=False)
+    run_dir, resumed = runs.begin_run(cfg.work_dir, "preprocess", cfg_dict(cfg),
+                                      {"input_dir": str(input_dir)}, cfg.tag, cfg.resume, cfg.fresh)
+    if resumed:
+        print(f"continuing the crashed run {run_dir}: valid cache files are kept", flush=True)
     if cfg.shard == "merge":
         results = shards.merge(run_dir, files)
         shards.check_cached(results, lambda rid: audio.cache_path(run_dir / "waves", rid))
     else:
         results = decode_all(files, run_dir / "waves", cfg)
     report = build_report(results, time.time() - tic)
-    for bad in report["unreadable"]:
-        print(f"WARNING: skipped {bad['file']}: {bad['reason']}", flush=True)
     ok = pd.DataFrame([r for r in results if r["ok"]])
     ann = make_annotations(dict(zip(ok["recording_id"], ok["duration"])))
-    lost = {r["recording_id"] for r in results if not r["ok"]}
-    if lost:
-        report["annotations_lost_with_unreadable_files"] = int(ann["recording_id"].isin(lost).sum())
-    ann = clean_annotations(ann, ok, classes, report)
+    audio_warnings(report, results, ann)
+    ann = tables.check_annotations(ann, ok, classes, report)
     train_ids = set(ok.loc[ok["split"] == "train", "recording_id"])  # never soundscapes
     folds = data.make_folds(ann[ann["recording_id"].isin(train_ids)], classes, cfg.n_folds, cfg.seed)
     runs.save_csv(run_dir / "recordings.csv",
@@ -192,8 +234,9 @@ def main(cfg: CFG) -> Path:
                         outputs, metrics, finished=True)
     runs.update_summary(cfg.work_dir, "preprocess", {**metrics, "tag": run_dir.name})
     print(f"preprocess: {report['cached']}/{report['files']} files cached "
-          f"({report['duration_s']['total'] / 3600:.2f} h of audio), {report['failed']} skipped, "
-          f"{len(ann)} annotation rows, {report['seconds']:.0f}s -> {run_dir}", flush=True)
+          f"({report['duration_s']['total'] / 3600:.2f} h of audio), {report['failed']} skipped "
+          f"(listed in {run_dir / 'report.json'}), {len(ann)} annotation rows, "
+          f"{report['seconds']:.0f}s -> {run_dir}", flush=True)
     return run_dir
 
 

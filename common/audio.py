@@ -59,7 +59,7 @@ def stream_audio(path: str | os.PathLike, target_sr: int, info: dict,
         resampler = None if sr == target_sr else \
             soxr.ResampleStream(sr, target_sr, 1, dtype="float32", quality="HQ")
         block = max(int(block_seconds * sr), 1)
-        frames, bad = 0, 0
+        frames, bad, peak = 0, 0, 0.0
         while True:
             try:
                 data = handle.read(block, dtype="float32", always_2d=True)
@@ -72,6 +72,7 @@ def stream_audio(path: str | os.PathLike, target_sr: int, info: dict,
                 bad += int(nonfinite.sum())
                 wave = np.where(nonfinite, 0.0, wave).astype(np.float32)
             frames += data.shape[0]
+            peak = max(peak, float(np.abs(wave).max(initial=0.0)))
             if resampler is not None:
                 wave = resampler.resample_chunk(np.ascontiguousarray(wave), last=last)
             if len(wave):
@@ -83,6 +84,8 @@ def stream_audio(path: str | os.PathLike, target_sr: int, info: dict,
     warnings = [f"downmixed {channels} channels to mono"] if channels > 1 else []
     if bad:
         warnings.append(f"{bad} non-finite samples set to 0")
+    if peak == 0.0:
+        warnings.append("every sample is 0 (a silent recording; kept, it scores as silence)")
     info.update(sample_rate=sr, channels=channels, duration=frames / float(sr), warnings=warnings)
 
 

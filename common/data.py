@@ -6,6 +6,7 @@ with label +1 (the class calls in the box) or -1 (it does not). Unannotated = un
 """
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 import numpy as np
@@ -29,22 +30,44 @@ def read_table(path, required: list[str]) -> pd.DataFrame:
         raise ConfigError(f"{path} is empty; expected columns {required}") from None
     missing = [c for c in required if c not in frame.columns]
     if missing:
-        raise ConfigError(f"{path}: missing column(s) {missing}; found {list(frame.columns)}. "
-                          f"Rename the header to {required}.")
+        close = {c: difflib.get_close_matches(c, [str(f) for f in frame.columns], n=1)
+                 for c in missing}
+        hint = "".join(f" '{m[0]}' looks like '{c}'." for c, m in close.items() if m)
+        raise ConfigError(f"{path}: missing column(s) {missing}; found {list(frame.columns)}."
+                          f"{hint} Rename the header to {required}.")
     return frame
+
+
+def numbers(frame: pd.DataFrame, path, columns: list[str], integer: bool = False) -> pd.DataFrame:
+    """`columns` of `frame` as floats (ints); stops at the first cell that is not a number,
+    naming the file, its line (the header is line 1) and the value."""
+    out = pd.DataFrame(index=frame.index)
+    for col in columns:
+        values = pd.to_numeric(frame[col], errors="coerce")
+        bad = values.isna() | (values.round() != values if integer else False)
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            value = frame[col].iloc[i]
+            what = " is empty" if pd.isna(value) else \
+                f"={value!r} is not {'an integer' if integer else 'a number'}"
+            raise ConfigError(f"{path} row {i + 2}: {col}{what} ({int(bad.sum())} such rows "
+                              "in that column); correct or delete those rows")
+        out[col] = values.astype(int if integer else float)
+    return out
 
 
 def rfcx_annotations(input_dir) -> pd.DataFrame:
     """train_tp.csv (+1) and train_fp.csv (-1) as rows of the annotation table."""
     parts = []
     for name, label in (("train_tp.csv", 1), ("train_fp.csv", -1)):
-        frame = read_table(Path(input_dir) / name, RFCX_COLUMNS)
+        path = Path(input_dir) / name
+        frame = read_table(path, RFCX_COLUMNS)
+        times = numbers(frame, path, ["t_min", "t_max", "f_min", "f_max"])
         parts.append(pd.DataFrame({
             "recording_id": frame["recording_id"].astype(str),
-            "class": "s" + frame["species_id"].astype(int).astype(str),
-            "t_min": frame["t_min"].astype(float), "t_max": frame["t_max"].astype(float),
-            "f_min": frame["f_min"].astype(float), "f_max": frame["f_max"].astype(float),
-            "label": label, "source": name}))
+            "class": "s" + numbers(frame, path, ["species_id"], integer=True)["species_id"].astype(str),
+            **times, "label": label, "source": name,
+            "row": np.arange(len(frame)) + 2}))  # the CSV line, for messages (header = 1)
     return pd.concat(parts, ignore_index=True)
 
 

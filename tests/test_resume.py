@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -164,3 +165,33 @@ def test_explicit_tag_continues_its_crashed_run_or_refuses_another_config(tmp_pa
     assert runs.begin_run(tmp_path, "stage1", CFG, INPUTS, tag="mine") == (tmp_path / "stage1" / "mine", True)
     with pytest.raises(ConfigError, match="other settings"):
         runs.begin_run(tmp_path, "stage1", {**CFG, "seed": 9}, INPUTS, tag="mine")
+
+
+def test_preprocess_rerun_continues_the_crashed_run_and_keeps_valid_cache_files(tmp_path, scripts,
+                                                                                   capsys):
+    from tests.test_bad_input import write_bad_dataset
+    write_bad_dataset(tmp_path / "data")
+    module = scripts("01_preprocess")
+    args = [f"--input_dir={tmp_path / 'data'}", f"--work_dir={tmp_path / 'w'}", "--sample_rate=8000",
+            "--n_folds=2", "--workers=1"]
+    run_dir = module.main(parse_cfg(module.CFG, "preprocess", args))
+    # as if killed while decoding: manifest unfinished, one file half-written, one never reached
+    manifest = runs.read_manifest(run_dir)
+    runs.write_manifest(run_dir, "preprocess", manifest["config"], manifest["inputs"], [], {},
+                        finished=False)
+    waves = run_dir / "waves"
+    (waves / "good1.npy").write_bytes((waves / "good1.npy").read_bytes()[:200])
+    (waves / "good2.npy").unlink()
+    (waves / "good2.json").unlink()
+    kept = {p.name: p.stat().st_mtime_ns for p in waves.glob("*.npy") if p.stem not in ("good1", "good2")}
+    capsys.readouterr()
+    assert module.main(parse_cfg(module.CFG, "preprocess", args)) == run_dir
+    assert f"continuing the crashed run {run_dir}" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in waves.glob("*.npy") if p.name in kept} == kept
+    assert np.load(waves / "good1.npy").shape == np.load(waves / "good2.npy").shape == (3 * 8000,)
+    assert runs.read_manifest(run_dir)["finished"]
+    # a changed source file is decoded again
+    os.utime(tmp_path / "data" / "train" / "good3.flac", ns=(1, 1))
+    assert module.cached(waves, {"recording_id": "good3", "split": "train",
+                                 "path": str(tmp_path / "data" / "train" / "good3.flac"),
+                                 "source": module.source_stamp(str(tmp_path / "data" / "train" / "good3.flac"))}) is None
