@@ -73,6 +73,8 @@ class CFG:
     clip_chunks: int = 4           # BirdCLEF: anchors per clip, spread over it (x crops_per_row)
     folds: list[int] = field(default_factory=list)  # [] = every fold; e.g. --folds=0,2
     val_stride_seconds: float = 0.0  # sliding-window stride for whole recordings; 0 = crop
+    infer_stride_seconds: float = 0.0  # stride of the best epoch's OOF and test scores; 0 = val
+    val_from: int = 0              # first epoch validated; earlier ones are skipped (time)
     infer_batch: int = 64
     num_workers: int = 0           # DataLoader processes (the cache is memory-mapped)
     device: str = "auto"           # auto | cpu | cuda | cuda:1

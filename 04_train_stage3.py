@@ -55,6 +55,9 @@ class CFG:
     tp_per_batch: int = 8          # TP-stream rows per batch (TP rows, plus pseudo windows)
     fp_per_batch: int = 8          # FP rows per batch
     pseudo_in_tp_stream: bool = True  # pseudo-positive windows also anchor crops
+    real_tp_share: float = 0.5     # share of the TP stream that stays real TP rows when pseudo
+                                   # windows join it (2nd place: real crops half of the time)
+    pseudo_overlap: float = 0.5    # a pseudo window labels a crop it covers this share of
     # loss (common.losses.masked_focal_loss)
     gamma: float = 2.0             # focal exponent of the positive term
     w_pos: float = 2.0
@@ -72,6 +75,7 @@ class CFG:
     folds: list[int] = field(default_factory=list)
     crop_seconds: float = 0.0      # 0 = the initial checkpoint's crop length
     val_stride_seconds: float = 0.0
+    infer_stride_seconds: float = 0.0  # stride of the best epoch's OOF and test scores; 0 = val
     infer_batch: int = 64
     num_workers: int = 0
     device: str = "auto"
@@ -102,11 +106,11 @@ def make_fold(cfg: CFG, prep, fold: int, init_dir, pseudo, device):
     if pseudo is not None:  # never train on the fold's validation recordings, pseudo or not
         fold_pseudo = pseudo[~pseudo["recording_id"].isin(val_ids)]
         if cfg.pseudo_in_tp_stream:
-            tp_rows = pd.concat([tp_rows, fold_pseudo[fold_pseudo["label"] > 0]], ignore_index=True)
+            tp_rows = tp_stream(tp_rows, fold_pseudo[fold_pseudo["label"] > 0], cfg.real_tp_share)
     rows = pd.concat([tp_rows, fp_rows], ignore_index=True)
     dataset = CropDataset(rows, ann, prep.cache, prep.classes, prep.sample_rate, cfg.crop_seconds,
                           prep.durations, seed=cfg.seed + fold, min_overlap=cfg.min_overlap,
-                          pseudo=fold_pseudo)
+                          pseudo=fold_pseudo, pseudo_overlap=cfg.pseudo_overlap)
     sampler = TwoStreamSampler(len(tp_rows), len(fp_rows), cfg.tp_per_batch, cfg.fp_per_batch,
                                seed=cfg.seed + fold, tp_epoch_rows=n_real_tp)
 
@@ -133,6 +137,16 @@ def make_fold(cfg: CFG, prep, fold: int, init_dir, pseudo, device):
     init_seen = pd.read_csv(init_dir / "trained_on.csv", dtype={"recording_id": str})
     trained_on = set(rows["recording_id"]) | set(init_seen.loc[init_seen["fold"] == fold, "recording_id"])
     return model, make_loader, step, trained_on
+
+
+def tp_stream(tp_rows: pd.DataFrame, windows: pd.DataFrame, real_share: float) -> pd.DataFrame:
+    """The TP stream of stage 3: real TP rows repeated so that they make up about
+    `real_share` of it, then the pseudo-positive windows (cropped exactly, `exact`)."""
+    if len(windows) == 0 or len(tp_rows) == 0:
+        return pd.concat([tp_rows, windows.assign(exact=True)], ignore_index=True)
+    repeat = max(1, int(round(real_share / max(1 - real_share, 1e-6) * len(windows) / len(tp_rows))))
+    real = tp_rows.loc[tp_rows.index.repeat(repeat)]
+    return pd.concat([real.assign(exact=False), windows.assign(exact=True)], ignore_index=True)
 
 
 def loss_kw(cfg: CFG) -> dict:

@@ -160,11 +160,16 @@ class CropDataset(torch.utils.data.Dataset):
     over an FP makes the entry unknown (0) and over nothing makes it +1 (recipe stage 3).
     The crop offset is random but reproducible: drawn from (seed, epoch, index), so results
     do not depend on the number of loader workers. Call `set_epoch` before each epoch.
+    An anchor row with `exact` true (a pseudo-label window) is cropped exactly at its t_min:
+    that window is what the voting models scored. A pseudo row labels a crop only where it
+    covers at least `pseudo_overlap` of the crop (a window label says nothing about the
+    part of a crop outside the window).
     """
 
     def __init__(self, rows: pd.DataFrame, annotations: pd.DataFrame, cache, classes: list[str],
                  sample_rate: int, crop_seconds: float, durations: dict, seed: int = 0,
-                 min_overlap: float = 0.5, pseudo: pd.DataFrame | None = None):
+                 min_overlap: float = 0.5, pseudo: pd.DataFrame | None = None,
+                 pseudo_overlap: float = 0.5):
         self.rows = rows.reset_index(drop=True)
         self.by_rec = {rid: grp for rid, grp in annotations.groupby("recording_id")}
         self.pseudo_by_rec = {} if pseudo is None else \
@@ -173,6 +178,9 @@ class CropDataset(torch.utils.data.Dataset):
         self.class_index = {c: i for i, c in enumerate(classes)}
         self.durations, self.seed, self.epoch = durations, seed, 0
         self.min_overlap = min_overlap
+        self.pseudo_min_s = pseudo_overlap * crop_seconds
+        self.exact = self.rows["exact"].fillna(False).to_numpy(bool) if "exact" in self.rows \
+            else np.zeros(len(self.rows), bool)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -184,7 +192,8 @@ class CropDataset(torch.utils.data.Dataset):
         row = self.rows.iloc[idx]
         rng = np.random.default_rng([self.seed, self.epoch, idx])
         rid = row["recording_id"]
-        start = crop_start(row["t_min"], row["t_max"], self.durations[rid], self.crop, rng)
+        start = float(row["t_min"]) if self.exact[idx] else \
+            crop_start(row["t_min"], row["t_max"], self.durations[rid], self.crop, rng)
         n = int(round(self.crop * self.sr))
         wave = self.cache.crop(rid, int(round(start * self.sr)), n)
         labels = window_labels(self.by_rec.get(rid), start, start + self.crop,
@@ -192,7 +201,7 @@ class CropDataset(torch.utils.data.Dataset):
         if rid in self.pseudo_by_rec:
             labels = np.clip(labels + window_labels(self.pseudo_by_rec[rid], start,
                                                     start + self.crop, self.class_index,
-                                                    self.min_overlap), -1, 1)
+                                                    self.pseudo_min_s), -1, 1)
         return torch.from_numpy(wave), torch.from_numpy(labels)
 
 

@@ -60,9 +60,11 @@ class DemoSpec:
     snr_min_db: float = -5.0        # in-band SNR of calls over the background noise, dB
     snr_max_db: float = 20.0
     tp_snr_min_db: float = 6.0      # annotated calls and FP look-alikes are the clearer ones
+    audible_snr_db: float = 0.0     # each species of a test clip calls once at least this loud
     rain_prob: float = 0.25         # share of recordings with rain bursts
     drone_prob: float = 0.35        # share of recordings with an insect drone (2-9 kHz)
     train_background: float = 0.2   # prevalence multiplier of unannotated species in TP recordings
+    background_fp_prob: float = 0.8  # chance a drone or rain burst in a species' band gets an FP row
 
     def __post_init__(self):
         if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool) or self.seed < 0:
@@ -78,7 +80,7 @@ class DemoSpec:
             raise ValueError(f"DemoSpec.sample_rate must be >= 28000 Hz so species up to {top:.0f} Hz "
                              f"fit below Nyquist, got {self.sample_rate}")
         for name in ("fp_only_frac", "two_species_frac", "second_row_prob", "rain_prob", "drone_prob",
-                     "train_background"):
+                     "train_background", "background_fp_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"DemoSpec.{name} must be in [0, 1], got {getattr(self, name)!r}")
         if not self.calls_per_species >= 1.0:
@@ -86,6 +88,9 @@ class DemoSpec:
         for name in ("fp_rows", "distractors"):
             if not getattr(self, name) >= 0.0:
                 raise ValueError(f"DemoSpec.{name} must be >= 0, got {getattr(self, name)!r}")
+        if not self.snr_min_db <= self.audible_snr_db <= self.snr_max_db:
+            raise ValueError("DemoSpec needs snr_min_db <= audible_snr_db <= snr_max_db, got "
+                             f"{self.snr_min_db}, {self.audible_snr_db}, {self.snr_max_db}")
         if not self.snr_min_db <= self.tp_snr_min_db <= self.snr_max_db:
             raise ValueError("DemoSpec needs snr_min_db <= tp_snr_min_db <= snr_max_db, got "
                              f"{self.snr_min_db}, {self.tp_snr_min_db}, {self.snr_max_db}")
@@ -166,10 +171,14 @@ def _render(job: tuple) -> dict:
     lo_snr, tp_snr, hi_snr = spec.snr_min_db, spec.tp_snr_min_db, spec.snr_max_db
     for s in rec["annotated"] + [s for s in rec["species"] if s not in rec["annotated"]]:
         rows = (1 + int(rng.random() < spec.second_row_prob)) if s in rec["annotated"] else 0
+        placed = False  # test truth lists what an annotator hears: one audible call at least
         for k in range(1 + rng.poisson(spec.calls_per_species - 1)):
             annotate = k < rows  # the first calls placed are the clear, annotated ones
-            snr = rng.uniform(tp_snr if annotate else lo_snr, hi_snr)
+            floor = max(lo_snr, spec.audible_snr_db) if rec["split"] == "test" and not placed \
+                else lo_snr
+            snr = rng.uniform(tp_snr if annotate else floor, hi_snr)
             ev = scene.call(s, snr, note="tp" if annotate else "")
+            placed = placed or ev is not None
             if ev is not None and annotate:
                 tp.append(ev)
     if rec["split"] == "train":
@@ -187,6 +196,8 @@ def _render(job: tuple) -> dict:
     for _ in range(extra):
         scene.lookalike(int(rng.integers(N_SPECIES)))
     scene.background()
+    if rec["split"] == "train":  # the detector also fires on insect drones and rain
+        fp += scene.background_fp_rows(spec.background_fp_prob)
     audio = scene.audio
     audio *= np.float32(32767 * rng.uniform(0.3, 0.9) / np.abs(audio).max())  # random gain, no clipping
     path = Path(out_dir) / rec["split"] / f"{rec['rid']}.flac"

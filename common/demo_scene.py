@@ -133,3 +133,29 @@ class Scene:
                 self.mix(drone(dur, self.sr, fc, rng), t0, lo, hi, snr)
                 self.events.append(dict(kind="drone", species_id=-1, songtype_id=0, t_min=t0, f_min=lo,
                                         t_max=t0 + dur, f_max=hi, snr_db=snr, annotation=""))
+
+    def background_fp_rows(self, prob: float) -> list[dict]:
+        """FP rows where a template detector fires on background: a 1-3 s stretch of an insect
+        drone, for a species whose band holds the drone's pitch, or of a rain burst, for any
+        species (RFCx's FP rows are full of such noise). Never over a call of that species."""
+        rows, rng = [], self.rng
+        for ev in [e for e in self.events if e["kind"] in ("drone", "rain")]:
+            if rng.random() >= prob:
+                continue
+            centre = 0.5 * (ev["f_min"] + ev["f_max"])
+            fits = [s for s, sp in enumerate(SPECIES) if ev["kind"] == "rain"
+                    or sp["f_lo"] <= centre <= sp["f_hi"]]
+            if not fits:
+                continue
+            s = int(rng.choice(fits))
+            sp, span = SPECIES[s], ev["t_max"] - ev["t_min"]
+            dur = min(rng.uniform(1.0, 3.0), span)
+            t0 = ev["t_min"] + rng.uniform(0, span - dur)
+            if any(a - GAP_S < t0 + dur and t0 < b + GAP_S for a, b in self.busy[s]):
+                continue
+            self.busy[s].append((t0, t0 + dur))
+            f_lo, f_hi = (sp["f_lo"], sp["f_hi"]) if ev["kind"] == "rain" else \
+                (max(ev["f_min"], sp["f_lo"]), min(ev["f_max"], sp["f_hi"]))
+            rows.append(dict(ev, species_id=s, songtype_id=1, t_min=t0, t_max=t0 + dur,
+                             f_min=f_lo, f_max=f_hi, annotation=f"fp:s{s}"))
+        return rows

@@ -82,11 +82,15 @@ def fold_list(folds: list, n_folds: int) -> list[int]:
     return chosen
 
 
-def windows(cfg, sample_rate: int) -> tuple[int, int]:
-    """(window, stride) in samples for whole-recording scoring."""
+def windows(cfg, sample_rate: int, final: bool = False) -> tuple[int, int]:
+    """(window, stride) in samples for whole-recording scoring: the validation stride while
+    training (per epoch, so cheap), the `infer_stride_seconds` for the best epoch's OOF and
+    test scores (`final`; denser windows catch calls cut by a window edge)."""
     window = int(round(cfg.crop_seconds * sample_rate))
-    stride = int(round((cfg.val_stride_seconds or cfg.crop_seconds) * sample_rate))
-    return window, stride
+    seconds = cfg.val_stride_seconds or cfg.crop_seconds
+    if final:
+        seconds = getattr(cfg, "infer_stride_seconds", 0.0) or seconds
+    return window, int(round(seconds * sample_rate))
 
 
 def run_fold(cfg, prep, fold: int, model, make_loader, step, run_dir: Path, device,
@@ -98,11 +102,17 @@ def run_fold(cfg, prep, fold: int, model, make_loader, step, run_dir: Path, devi
     val_ids = sorted(val)
     truth = prep.tp_matrix(val_ids)
     window, stride = windows(cfg, prep.sample_rate)
-    holder = {}
+    holder = {"epoch": 0}
     seg = segments.for_validation(prep, val_ids, cfg.crop_seconds)  # BirdCLEF: 5 s segments
     select = "val_local_f1" if seg is not None else "val_lwlrap"
+    # epochs before val_from are not validated (and cannot be the best epoch): saves the
+    # whole-recording inference while the model is still far from its best
+    val_from = min(int(getattr(cfg, "val_from", 0)), cfg.epochs - 1)
 
     def validate(m):
+        holder["epoch"] += 1
+        if holder["epoch"] <= val_from:
+            return {"val_lwlrap": float("nan"), "val_f1": float("nan"), select: float("nan")}
         if seg is not None:  # recording scores from the segments' logits: one pass
             holder["last_seg"] = seg.logits(m, prep.cache, cfg.infer_batch, device)
             scores = seg.per_recording(holder["last_seg"])
@@ -127,6 +137,11 @@ def run_fold(cfg, prep, fold: int, model, make_loader, step, run_dir: Path, devi
                         amp=cfg.amp, desc=f"fold {fold}", state_path=fold_state(run_dir, fold),
                         extra=holder)
     history.insert(0, "fold", fold)
+    final = windows(cfg, prep.sample_rate, final=True)[1]
+    if seg is None and final != stride:  # the best epoch's OOF scores at the denser stride
+        best_model, _ = load_checkpoint(run_dir / f"fold{fold}.pth", device)
+        holder["best"] = predict_recordings(best_model, prep.cache, val_ids, window, final,
+                                            cfg.infer_batch, device)
     result = {"history": history, "best": best, "val_ids": val_ids, "oof": holder["best"],
               "seg_logits": holder.get("best_seg"), "trained_on": sorted(trained_on)}
     # the fold's training state gives way to its result: a re-run skips the fold
@@ -171,7 +186,7 @@ def predict_test(run_dir: Path, folds: list[int], prep, cfg, device,
     """Test scores: each fold's best checkpoint, max over windows, mean over folds weighted
     by each fold's validation LWLRAP (the recipe's fold blend)."""
     ids = prep.ids("test")
-    window, stride = windows(cfg, prep.sample_rate)
+    window, stride = windows(cfg, prep.sample_rate, final=True)
     total, weight_sum = 0.0, 0.0
     for fold in folds:
         model, ckpt = load_checkpoint(run_dir / f"fold{fold}.pth", device)

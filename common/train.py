@@ -96,7 +96,7 @@ def fit(model, make_loader, step, validate, *, epochs: int, lr: float, t_max: in
             save_state(state_path, parts, loop, extra)
         if dist.is_main():
             print(f"{desc} epoch {epoch:2d} loss {loss:.4f} {metric} {row[metric]:.4f} "
-                  f"({row['seconds']:.0f}s){' *' if loop['best']['epoch'] == epoch else ''}",
+                  f"({row['seconds']:.0f}s){' *' if loop['best'].get('epoch') == epoch else ''}",
                   flush=True)
     return pd.DataFrame(loop["rows"]), loop["best"]
 

@@ -171,3 +171,28 @@ def test_refuses_a_folder_with_real_data(tmp_path):
     (tmp_path / "train_tp.csv").write_text(",".join(RFCX_COLUMNS) + "\n")
     with pytest.raises(ValueError, match="real data"):
         write_rfcx_demo(tmp_path, TINY, workers=1)
+
+
+def test_detector_fp_rows_on_drones_and_rain_and_audible_test_species(tmp_path):
+    spec = DemoSpec(seed=5, n_train=16, n_test=8, duration=8.0, sample_rate=32000,
+                    drone_prob=1.0, rain_prob=1.0, background_fp_prob=1.0)
+    write_rfcx_demo(tmp_path, spec, workers=2)
+    events, fp = read(tmp_path, "demo_events.csv"), read(tmp_path, "train_fp.csv")
+    noise = events[events["kind"].isin(["drone", "rain"]) & (events["split"] == "train")]
+    on_noise = 0
+    for row in fp.itertuples():
+        sp = SPECIES[row.species_id]
+        under = noise[(noise["recording_id"] == row.recording_id)
+                      & (noise["t_min"] <= row.t_min + 1e-3) & (noise["t_max"] >= row.t_max - 1e-3)]
+        for ev in under.itertuples():  # inside the noise's span, in the species' own band
+            centre = 0.5 * (ev.f_min + ev.f_max)
+            if ev.kind == "rain" or sp["f_lo"] <= centre <= sp["f_hi"]:
+                assert sp["f_lo"] - 1e-3 <= row.f_min < row.f_max <= sp["f_hi"] + 1e-3
+                on_noise += 1
+                break
+    assert on_noise >= 8  # every drone/rain burst that fits a species' band made an FP row
+    calls = events[(events["kind"] == "call") & (events["split"] == "test")]
+    loudest = calls.groupby(["recording_id", "species_id"])["snr_db"].max()
+    assert (loudest >= spec.audible_snr_db - 1e-6).all()  # the truth lists audible species only
+    with pytest.raises(ValueError, match="audible_snr_db"):
+        DemoSpec(audible_snr_db=30.0)

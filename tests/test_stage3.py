@@ -205,3 +205,41 @@ def test_sampler_epoch_length_fixed_by_real_tp_rows_when_pseudo_rows_join():
         sampler.set_epoch(epoch)
         drawn += [i for b in sampler for i in b if i < 200]
     assert len(drawn) == 200 and sorted(drawn) == list(range(200))
+
+
+# ----------------------------------------------------------------------------- pseudo windows
+def test_pseudo_window_labels_a_crop_only_where_it_covers_half_of_it():
+    pseudo = ann([("r", "s2", 5.0, 10.0, 1)])
+    cache = ArrayCache({"r": np.zeros(20 * 100, dtype=np.float32)})
+    rows = pd.DataFrame({"recording_id": ["r", "r"], "t_min": [2.0, 4.0], "t_max": [7.0, 9.0],
+                         "exact": [True, True]})
+    ds = CropDataset(rows, ann([]), cache, CLASSES, 100, 5.0, {"r": 20.0}, pseudo=pseudo,
+                     pseudo_overlap=0.5)
+    assert ds[0][1].tolist() == [0.0, 0.0, 0.0]  # crop 2-7 s: 2 s of the window, < 2.5 s
+    assert ds[1][1].tolist() == [0.0, 0.0, 1.0]  # crop 4-9 s: 4 s of the window
+
+
+def test_exact_rows_are_cropped_at_their_start_and_others_around_the_event():
+    ramp = np.arange(20 * 100, dtype=np.float32)
+    cache = ArrayCache({"r": ramp})
+    rows = pd.DataFrame({"recording_id": ["r", "r"], "t_min": [3.0, 3.0], "t_max": [8.0, 4.0],
+                         "exact": [True, False]})
+    ds = CropDataset(rows, ann([]), cache, CLASSES, 100, 5.0, {"r": 20.0})
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        assert ds[0][0][0].item() == 300.0  # the voted window itself, every epoch
+        start = ds[1][0][0].item() / 100
+        assert 1.0 <= start < 3.5  # recipe crop: start in [centre - 2.5 s, centre)
+
+
+def test_tp_stream_keeps_the_real_tp_share(scripts):
+    stage3 = scripts("04_train_stage3")
+    tp = ann([("a", "s0", 1.0, 2.0, 1)] * 20)
+    windows = ann([("b", "s1", 0.0, 5.0, 1)] * 180)
+    stream = stage3.tp_stream(tp, windows, 0.5)
+    assert len(stream) == 360 and (stream["recording_id"] == "a").sum() == 180
+    assert stream.loc[stream["recording_id"] == "b", "exact"].all()
+    assert not stream.loc[stream["recording_id"] == "a", "exact"].any()
+    quarter = stage3.tp_stream(tp, windows, 0.25)
+    assert (quarter["recording_id"] == "a").sum() == 60  # 20 rows x 3 = 1/4 of 240
+    assert len(stage3.tp_stream(tp, windows.iloc[:0], 0.5)) == 20
