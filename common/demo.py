@@ -63,7 +63,7 @@ class DemoSpec:
     audible_snr_db: float = 0.0     # each species of a test clip calls once at least this loud
     rain_prob: float = 0.25         # share of recordings with rain bursts
     drone_prob: float = 0.35        # share of recordings with an insect drone (2-9 kHz)
-    train_background: float = 0.2   # prevalence multiplier of unannotated species in TP recordings
+    train_background: float = 0.1   # prevalence multiplier of unannotated species in TP recordings
     background_fp_prob: float = 0.8  # chance a drone or rain burst in a species' band gets an FP row
 
     def __post_init__(self):

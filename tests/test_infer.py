@@ -114,3 +114,18 @@ def test_predict_recordings_puts_model_in_eval_mode():
     model = MeanMaxModel().train()
     predict_recordings(model, make_cache(), ["short"], window=30, stride=30)
     assert not model.training
+
+
+def test_stage_windows_validation_stride_and_final_stride():
+    from types import SimpleNamespace
+
+    from common.stage import windows
+    cfg = SimpleNamespace(crop_seconds=5.0, val_stride_seconds=0.0, infer_stride_seconds=1.25)
+    assert windows(cfg, 100) == (500, 500)             # per-epoch validation: the crop
+    assert windows(cfg, 100, final=True) == (500, 125)  # best epoch's OOF and test scores
+    cfg.val_stride_seconds = 2.5
+    assert windows(cfg, 100) == (500, 250)
+    cfg.infer_stride_seconds = 0.0                      # 0: the validation stride
+    assert windows(cfg, 100, final=True) == (500, 250)
+    assert windows(SimpleNamespace(crop_seconds=5.0, val_stride_seconds=0.0), 100, final=True) \
+        == (500, 500)                                   # a CFG without the field (05, sweeps)

@@ -39,6 +39,7 @@ def pipeline(tiny_demo):
     logs["02"] = run_script("02_train_stage1", *TRAIN, *io).stdout
     logs["04s2"] = run_script("04_train_stage3", "--stage=stage2", *TRAIN, *io).stdout
     logs["03"] = run_script("03_pseudo_label", "--cfg_file=profiles/demo.json", "--min_votes=2",
+                            "--threshold=0.3",
                             *io).stdout
     logs["04s3"] = run_script("04_train_stage3", *TRAIN, *io).stdout
     logs["05"] = run_script("05_ensemble", "--cfg_file=profiles/demo.json",
@@ -120,7 +121,7 @@ def test_stage2_pseudo_stage3_chain(pipeline):
                    .query("split == 'test'")["recording_id"].astype(str))
     pseudo_test = set(table.loc[table["label"] > 0, "recording_id"].astype(str)) & test_ids
     # stage 3 trains on the test recordings that got pseudo positives
-    assert pseudo_test <= set(trained["recording_id"].astype(str))
+    assert pseudo_test and pseudo_test <= set(trained["recording_id"].astype(str))
 
 
 def test_ensemble_writes_a_checked_submission(pipeline, tiny_demo):
