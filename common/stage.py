@@ -139,9 +139,10 @@ def run_fold(cfg, prep, fold: int, model, make_loader, step, run_dir: Path, devi
     history.insert(0, "fold", fold)
     final = windows(cfg, prep.sample_rate, final=True)[1]
     if seg is None and final != stride:  # the best epoch's OOF scores at the denser stride
+        dist.barrier()  # rank 0 has written the best checkpoint
         best_model, _ = load_checkpoint(run_dir / f"fold{fold}.pth", device)
-        holder["best"] = predict_recordings(best_model, prep.cache, val_ids, window, final,
-                                            cfg.infer_batch, device)
+        holder["best"] = dist.map_split(lambda ids: predict_recordings(
+            best_model, prep.cache, ids, window, final, cfg.infer_batch, device), val_ids)
     result = {"history": history, "best": best, "val_ids": val_ids, "oof": holder["best"],
               "seg_logits": holder.get("best_seg"), "trained_on": sorted(trained_on)}
     # the fold's training state gives way to its result: a re-run skips the fold
