@@ -21,8 +21,8 @@ class CFG:
     seconds: float = 0.0   # wall time of the whole pipeline, recorded as demo.seconds
 
 
-def render(summary: dict) -> str:
-    lines = ["", "=" * 72, "summary (" + "work/summary.json" + ")"]
+def render(summary: dict, path="work/summary.json") -> str:
+    lines = ["", "=" * 72, f"summary ({path})"]
     for name in STAGES:
         figs = summary.get(name)
         if not figs:
@@ -40,7 +40,7 @@ def main(cfg: CFG) -> str:
     if cfg.seconds:
         runs.update_summary(cfg.work_dir, "demo", {"seconds": cfg.seconds})
     path = Path(cfg.work_dir) / "summary.json"
-    text = render(json.loads(path.read_text())) if path.exists() else f"no {path} yet"
+    text = render(json.loads(path.read_text()), path) if path.exists() else f"no {path} yet"
     print(text, flush=True)
     return text
 
