@@ -28,10 +28,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from common import paths, runs, stage
+from common import dist, paths, runs, stage
 from common.cli import cfg_dict, run
 from common.data import CropDataset, split_fold
-from common.infer import resolve_device
 from common.losses import masked_focal_loss
 from common.sampling import TwoStreamSampler
 from common.sed import load_checkpoint
@@ -156,7 +155,7 @@ def loss_kw(cfg: CFG) -> dict:
 
 def main(cfg: CFG) -> dict:
     tic = time.time()
-    device = resolve_device(cfg.device)
+    device = dist.setup(cfg.device)  # under torchrun: joins the process group, one GPU per rank
     init_dir, _, prep, mcfg, init_folds = stage.open_run(cfg.work_dir, cfg.init_from, cfg.init)
     cfg.crop_seconds = cfg.crop_seconds or mcfg["crop_seconds"]
     stage.check_crop(cfg.crop_seconds, prep)
@@ -164,13 +163,15 @@ def main(cfg: CFG) -> dict:
     pseudo, pseudo_tag = load_pseudo(cfg)
     inputs = {"preprocess": prep.run_dir.name, "init": f"{cfg.init_from}/{init_dir.name}",
               "pseudo": pseudo_tag}
-    run_dir, resumed = runs.begin_run(cfg.work_dir, cfg.stage, cfg_dict(cfg), inputs, cfg.tag,
-                                      cfg.resume, cfg.fresh)
+    run_dir, resumed = dist.from_main(lambda: runs.begin_run(
+        cfg.work_dir, cfg.stage, cfg_dict(cfg), inputs, cfg.tag, cfg.resume, cfg.fresh))
     n_pseudo = 0 if pseudo is None else int((pseudo["label"] > 0).sum())
     print(f"{cfg.stage} {run_dir.name}{' (resumed)' if resumed else ''}: from {cfg.init_from}/"
           f"{init_dir.name}, {n_pseudo} pseudo-positive windows, folds {folds}", flush=True)
     results = stage.train_folds(cfg, prep, folds, run_dir, device,
                                 lambda fold: make_fold(cfg, prep, fold, init_dir, pseudo, device))
+    if not dist.is_main():
+        return {}  # rank 0 scores the test set and writes every artifact
     out = stage.finish_run(cfg, prep, cfg.stage, run_dir, results, mcfg, inputs, device, tic,
                            "focal" + ("+mixup" if cfg.mixup else ""))
     line = f"{cfg.stage} CV LWLRAP {out['cv_lwlrap']:.4f}  CV F1@0.5 {out['cv_f1']:.4f}"
