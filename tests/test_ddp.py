@@ -20,7 +20,7 @@ from common.sed import load_checkpoint
 from tests.conftest import ROOT
 from tests.ddp_probe import TWO_STREAM
 
-STAGE1 = ["--cfg_file=profiles/demo.json", "--folds=0", "--epochs=1", "--batch_size=6",
+STAGE1 = ["--cfg_file=profiles/demo.json", "--folds=0", "--epochs=1", "--batch_size=4",
           "--crops_per_row=1", "--device=cpu", "--tag=ddp"]
 
 
@@ -41,7 +41,7 @@ def assert_sharded(single: list, ranks: list) -> None:
 def ddp_run(tmp_path_factory, scripts):
     root = tmp_path_factory.mktemp("ddp")
     data, work = root / "data", root / "work"
-    write_rfcx_demo(data, DemoSpec(seed=4, n_train=14, n_test=2, duration=5.0,
+    write_rfcx_demo(data, DemoSpec(seed=4, n_train=24, n_test=2, duration=5.0,
                                    sample_rate=32000), workers=1)
     pre = scripts("01_preprocess")
     pre.main(parse_cfg(pre.CFG, "preprocess", ["--cfg_file=profiles/demo.json", f"--input_dir={data}",
