@@ -102,17 +102,11 @@ def run_fold(cfg, prep, fold: int, model, make_loader, step, run_dir: Path, devi
     val_ids = sorted(val)
     truth = prep.tp_matrix(val_ids)
     window, stride = windows(cfg, prep.sample_rate)
-    holder = {"epoch": 0}
+    holder = {}
     seg = segments.for_validation(prep, val_ids, cfg.crop_seconds)  # BirdCLEF: 5 s segments
     select = "val_local_f1" if seg is not None else "val_lwlrap"
-    # epochs before val_from are not validated (and cannot be the best epoch): saves the
-    # whole-recording inference while the model is still far from its best
-    val_from = min(int(getattr(cfg, "val_from", 0)), cfg.epochs - 1)
 
     def validate(m):
-        holder["epoch"] += 1
-        if holder["epoch"] <= val_from:
-            return {"val_lwlrap": float("nan"), "val_f1": float("nan"), select: float("nan")}
         if seg is not None:  # recording scores from the segments' logits: one pass
             holder["last_seg"] = seg.logits(m, prep.cache, cfg.infer_batch, device)
             scores = seg.per_recording(holder["last_seg"])
@@ -135,7 +129,7 @@ def run_fold(cfg, prep, fold: int, model, make_loader, step, run_dir: Path, devi
     history, best = fit(model, make_loader, step, validate, epochs=cfg.epochs, lr=cfg.lr,
                         t_max=cfg.t_max, device=device, metric=select, ckpt_fn=save_best,
                         amp=cfg.amp, desc=f"fold {fold}", state_path=fold_state(run_dir, fold),
-                        extra=holder)
+                        extra=holder, val_from=int(getattr(cfg, "val_from", 0)))
     history.insert(0, "fold", fold)
     final = windows(cfg, prep.sample_rate, final=True)[1]
     if seg is None and final != stride:  # the best epoch's OOF scores at the denser stride

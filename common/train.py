@@ -57,11 +57,15 @@ def train_epoch(model, loader, step, optimizer, device, amp: str = "none",
 
 def fit(model, make_loader, step, validate, *, epochs: int, lr: float, t_max: int,
         device, metric: str, ckpt_fn, amp: str = "none", desc: str = "",
-        state_path=None, extra: dict | None = None) -> tuple[pd.DataFrame, dict]:
+        state_path=None, extra: dict | None = None,
+        val_from: int = 0) -> tuple[pd.DataFrame, dict]:
     """Train for `epochs`, validating after each; `ckpt_fn(model, row)` saves the best epoch.
 
     make_loader(epoch) returns the epoch's batches; validate(model) returns a dict of
     validation figures including `metric` (higher is better). Returns (history, best row).
+    Epochs before `val_from` (clamped to the last epoch) are not validated: their `metric`
+    is NaN, so they are never the best (whole-recording validation costs a third of an
+    epoch, and an early epoch is never the best one).
     With `state_path`, everything the next epoch depends on (model, optimizer, scheduler,
     scaler, history, best row and weights, RNG states, the caller's `extra` dict) is saved
     atomically after every epoch; a call that finds that file continues after its last
@@ -83,7 +87,8 @@ def fit(model, make_loader, step, validate, *, epochs: int, lr: float, t_max: in
                                      amp, scaler, desc=f"{desc} ep{epoch}"))
         current_lr = scheduler.get_last_lr()[0]
         scheduler.step()
-        row = {"epoch": epoch, "lr": current_lr, "train_loss": loss, **validate(model),
+        scores = validate(model) if epoch >= min(val_from, epochs - 1) else {metric: math.nan}
+        row = {"epoch": epoch, "lr": current_lr, "train_loss": loss, **scores,
                "seconds": round(time.time() - tic, 2)}
         loop["rows"].append(row)
         if row[metric] > loop["best"][metric]:
