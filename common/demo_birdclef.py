@@ -25,6 +25,7 @@ import soundfile as sf
 from common import demo_calls as dc
 from common.data import overlap_hit
 from common.demo import DemoSpec
+from common.demo_noise import release_noise_bank
 from common.demo_scene import Scene
 
 SITES = ("COR", "SSW", "SNE")
@@ -127,7 +128,7 @@ def write_birdclef_demo(out_dir, spec: BirdDemoSpec = BirdDemoSpec(), workers: i
     with ProcessPoolExecutor(workers) as pool:
         meta = list(pool.map(_clip, jobs, chunksize=8))
         segments = [r for rows in pool.map(_soundscape, scapes) for r in rows]
-    dc.release_noise_bank()
+    release_noise_bank()
     meta = pd.DataFrame(meta).sort_values("filename")
     labels = pd.DataFrame(segments)
     labels.to_csv(out / "train_soundscape_labels.csv", index=False)

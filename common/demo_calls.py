@@ -1,7 +1,7 @@
 """Sound synthesis and mixing for the demo dataset (common/demo.py).
 
-Species templates (SPECIES), call and decoy synthesis, background noise, rain and insect
-drones, and Scene, which mixes one recording at set in-band SNRs and keeps its event list.
+Species templates (SPECIES) and call, decoy and noise-burst synthesis (the background,
+rain and insect drones are in common/demo_noise.py, the mixing in common/demo_scene.py).
 Every function takes a numpy Generator and returns float32 samples at `sr` Hz, so a caller
 that owns one Generator per recording gets byte-identical audio on every run.
 
@@ -19,8 +19,6 @@ pairs by design (overlapping bands, same family, told apart by rate, span or len
 s5/s7 warbles, s16/s21 pulsed tones, s3/s11 up-sweeps, s9/s10 clicks, s14/s20 FM trills.
 """
 from __future__ import annotations
-
-import functools
 
 import numpy as np
 
@@ -99,7 +97,7 @@ def decoy(tpl: dict) -> dict:
     return dict(tpl, rate=tpl["rate"] * tpl["decoy"])
 
 
-def _window(n: int, fade: float = 0.2) -> np.ndarray:
+def fade_window(n: int, fade: float = 0.2) -> np.ndarray:
     """Tukey-like envelope: raised-cosine fades over `fade` of the length at each end."""
     w = np.ones(n, dtype=np.float32)
     k = max(1, int(n * fade / 2))
@@ -159,14 +157,14 @@ def _clicks(n: int, sr: int, f_lo: float, f_hi: float, rate: float, rng) -> np.n
     decay = np.exp(-np.maximum(np.arange(klen) - klen // 4, 0) / (rng.uniform(0.0005, 0.0013) * sr))
     decay[: klen // 4] = 0.0
     kern = bandpass(rng.standard_normal((len(starts), klen), dtype=np.float32) * decay.astype(np.float32),
-                    sr, f_lo, f_hi) * _window(klen, 0.5)
+                    sr, f_lo, f_hi) * fade_window(klen, 0.5)
     out = np.zeros(max(n, klen), dtype=np.float32)
     kern *= rng.uniform(0.6, 1.0, (len(starts), 1)).astype(np.float32)
     np.add.at(out, starts[:, None] + np.arange(klen), kern)
     return out[:n]
 
 
-def _cycles(f: np.ndarray, sr: int) -> np.ndarray:
+def cycles(f: np.ndarray, sr: int) -> np.ndarray:
     """Phase in half-cycles wrapped to [0, 2 pi), float32: sin(k * result) for integer k is
     the k/2-th partial, continuous across wraps, at float32 speed (6x float64)."""
     turns = np.cumsum(f, dtype=np.float64) * (0.5 / sr)
@@ -182,7 +180,7 @@ def synth_call(tpl: dict, dur: float, sr: int, rng) -> np.ndarray:
     t = np.arange(n, dtype=np.float32) / np.float32(sr)
     u = t / np.float32(dur)  # 0..1 through the call
     a, b, rate, shape = tpl["a"], tpl["b"], tpl["rate"], tpl["shape"]
-    env = _window(n, 0.25) * (1 + np.float32(rng.uniform(-0.3, 0.3)) * (u - 0.5))
+    env = fade_window(n, 0.25) * (1 + np.float32(rng.uniform(-0.3, 0.3)) * (u - 0.5))
     if shape == "clicks":
         x = _clicks(n, sr, a, b, rate, rng)
         return env * x / (np.abs(x).max() + 1e-12)
@@ -204,10 +202,10 @@ def synth_call(tpl: dict, dur: float, sr: int, rng) -> np.ndarray:
         f = (a + (b - a) * u) * (1 + 0.015 * np.sin(np.float32(2 * np.pi * 5) * t))  # glide + vibrato
     else:
         raise ValueError(f"unknown call shape {shape!r}")
-    half = _cycles(f, sr)
+    half = cycles(f, sr)
     if shape != "harmonic":
         return env * np.sin(2 * half)
-    ratios = tpl.get("ratios", range(1, tpl["harm"] + 1))  # multiples of 0.5 (see _cycles)
+    ratios = tpl.get("ratios", range(1, tpl["harm"] + 1))  # multiples of 0.5 (see cycles)
     x = sum(np.float32(0.7 ** i) * np.sin(np.float32(2 * r) * half) for i, r in enumerate(ratios))
     return env * x / np.abs(x).max()
 
@@ -219,87 +217,4 @@ def noise_burst(f_lo: float, f_hi: float, dur: float, sr: int, rng) -> np.ndarra
     if rng.random() < 0.5:
         omega = np.float32(2 * np.pi * rng.uniform(25, 80) / sr)  # rad per sample
         x *= 0.55 + 0.45 * np.sin(omega * np.arange(n, dtype=np.float32))
-    return _window(n, 0.3) * x / (np.abs(x).max() + 1e-12)
-
-
-GRID_HZ = 5.0  # frequency step of the noise power table that band_power reads
-
-
-@functools.lru_cache(maxsize=2)
-def _noise_bank(n: int, sr: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """White, pink and brown noise of 4 n samples each at unit mean square (3, 4 n), and the
-    share of each one's power below j * GRID_HZ Hz (3, steps + 1).
-
-    Made once per process from `seed`; each recording mixes random windows of them, which
-    costs a few ms instead of an FFT of the whole recording (the slowest step otherwise).
-    """
-    size = fast_len(4 * n)
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 99]))
-    f = np.maximum(np.arange(size // 2 + 1, dtype=np.float32) * np.float32(sr / size / 1000.0),
-                   np.float32(0.02))  # kHz, floored at 20 Hz
-    starts = (np.arange(0.0, sr / 2, GRID_HZ) * (size / sr)).astype(int)
-    waves, cums = np.empty((3, 4 * n), np.float32), []
-    for i, exponent in enumerate((0.0, 0.5, 1.0)):
-        amp = f ** np.float32(-exponent)
-        amp[0] = 0.0  # no DC
-        # centred uniform real and imaginary parts: the waveform is Gaussian anyway
-        parts = rng.random((len(f), 2), dtype=np.float32) - np.float32(0.5)
-        parts *= amp[:, None]
-        waves[i] = np.fft.irfft(parts.view(np.complex64)[:, 0], size)[: 4 * n]
-        waves[i] /= np.sqrt(np.mean(waves[i] ** 2, dtype=np.float64))
-        cum = np.concatenate([[0.0], np.cumsum(np.add.reduceat(amp.astype(np.float64) ** 2, starts))])
-        cums.append(cum / cum[-1])
-    return waves, np.stack(cums)
-
-
-def release_noise_bank() -> None:
-    """Free the noise bank (~70 MB for 30 s at 48 kHz) once a dataset is written."""
-    _noise_bank.cache_clear()
-
-
-def colored_noise(n: int, sr: int, rng, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(noise of n samples, mean square ~1, float32; share of its power below j * GRID_HZ Hz).
-
-    A random white/pink/brown mix (Dirichlet weights), each part a random window of the
-    process's noise bank, sign-flipped at random. band_power(cum, f_lo, f_hi) is then the
-    expected mean square of the noise band-passed to f_lo..f_hi.
-    """
-    bank, cums = _noise_bank(n, sr, seed)
-    w = rng.dirichlet([1.0, 1.0, 1.0])
-    wave = np.zeros(n, np.float32)
-    for i, offset in enumerate(rng.integers(0, 3 * n + 1, 3)):
-        wave += bank[i, offset:offset + n] * np.float32(np.sqrt(w[i]) * rng.choice([-1.0, 1.0]))
-    return wave, w @ cums
-
-
-def band_power(cum: np.ndarray, f_lo: float, f_hi: float) -> float:
-    """Mean square of colored_noise within f_lo..f_hi Hz (taken at least 200 Hz wide)."""
-    mid, half = (f_lo + f_hi) / 2, max(f_hi - f_lo, 200.0) / 2
-    j0, j1 = (int(np.clip(round(v / GRID_HZ), 0, len(cum) - 1)) for v in (mid - half, mid + half))
-    return max(float(cum[j1] - cum[j0]), 1e-12)
-
-
-def rain(dur: float, sr: int, rng) -> np.ndarray:
-    """A rain burst: Poisson drops (100-400 /s), each 1-4 ms of decaying, differentiated (so
-    bright, little below 1 kHz) noise, float32, peak about 1."""
-    n = int(round(dur * sr))
-    count = rng.poisson(rng.uniform(100, 400) * dur)
-    klen = int(0.006 * sr)
-    starts = rng.integers(0, max(1, n - klen), count)
-    decay = np.exp(-np.arange(klen + 1) / (rng.uniform(0.001, 0.004) * sr / 3)).astype(np.float32)
-    kern = np.diff(rng.standard_normal((count, klen + 1), dtype=np.float32) * decay, axis=1)
-    out = np.zeros(n, dtype=np.float32)
-    kern *= rng.lognormal(0, 0.7, (count, 1)).astype(np.float32)
-    np.add.at(out, starts[:, None] + np.arange(klen), kern)
-    return _window(n, 0.3) * out / (np.abs(out).max() + 1e-12)
-
-
-def drone(dur: float, sr: int, fc: float, rng) -> np.ndarray:
-    """An insect drone: steady tone at fc (+- 0.5 % wander), AM at 15-60 Hz, float32, peak ~1."""
-    n = int(round(dur * sr))
-    t = np.arange(n, dtype=np.float32) / np.float32(sr)
-    wander, phase0 = np.float32(2 * np.pi * rng.uniform(0.05, 0.3)), np.float32(rng.uniform(0, 6.3))
-    f = fc * (1 + 0.005 * np.sin(wander * t + phase0))
-    depth, am_rate = np.float32(rng.uniform(0.3, 0.9)), np.float32(2 * np.pi * rng.uniform(15, 60))
-    am = 1 - depth * (0.5 + 0.5 * np.sin(am_rate * t))
-    return _window(n, 0.1) * am * np.sin(2 * _cycles(f, sr))
+    return fade_window(n, 0.3) * x / (np.abs(x).max() + 1e-12)
