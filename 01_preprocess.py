@@ -143,13 +143,27 @@ def cached(cache_dir, rec: dict) -> dict | None:
     return done if same and length == done.get("n_samples") else None
 
 
+def single_thread() -> None:
+    """Worker start: one torch thread per process (the workers already fill the cores; and a
+    forked process must not use the OpenMP pool it inherited, as torch's DataLoader does)."""
+    import torch
+    torch.set_num_threads(1)
+
+
 def decode_all(files: list, cache_dir: Path, cfg: CFG) -> list[dict]:
     jobs = [(rid, split, path, cache_dir, cfg.sample_rate) for rid, split, path in files]
     workers = cfg.workers or os.cpu_count() or 1
     if workers == 1:
         return [cache_one(j) for j in tqdm(jobs, desc="decode")]
-    with ProcessPoolExecutor(workers) as pool:
-        return list(tqdm(pool.map(cache_one, jobs, chunksize=4), total=len(jobs), desc="decode"))
+    # largest files first, one file per task: no worker idles at the end behind a long tail
+    order = sorted(range(len(jobs)), key=lambda i: -(os.path.getsize(jobs[i][2])
+                                                       if os.path.isfile(jobs[i][2]) else 0))
+    results: list = [None] * len(jobs)
+    with ProcessPoolExecutor(min(workers, max(len(jobs), 1)), initializer=single_thread) as pool:
+        done = pool.map(cache_one, [jobs[i] for i in order], chunksize=1)
+        for i, res in zip(order, tqdm(done, total=len(jobs), desc="decode")):
+            results[i] = res
+    return results
 
 
 def build_report(results: list[dict], seconds: float) -> dict:

@@ -53,6 +53,16 @@ def decode_only(files: list) -> None:
         sf.read(str(path), dtype="float32")
 
 
+def decode_resample(files: list, sr: int) -> None:
+    """The floor of any path that caches at the training rate: decode and one soxr-HQ
+    resampling (what librosa.load does as well), nothing else."""
+    import soundfile as sf
+    import soxr
+    for path in files:
+        wave, source_sr = sf.read(str(path), dtype="float32")
+        soxr.resample(wave, source_sr, sr, quality="HQ")
+
+
 def librosa_loop(files: list, sr: int, front: dict) -> None:
     """What the peers do per sample: load at the training rate, mel spectrogram, dB."""
     import librosa
@@ -83,11 +93,15 @@ def preprocess_figures(cfg: CFG, files: list, sr: int, front: dict, cache_dir: P
     out = {"audio_seconds": audio_s, "workers": workers, "sample_rate": sr}
     out.update(model_bench.interleaved_rates({
         "decode_only_x": (audio_s, lambda: decode_only(files)),
+        "decode_resample_x": (audio_s, lambda: decode_resample(files, sr)),
         "librosa_loop_x": (audio_s, lambda: librosa_loop(files, sr, front)),
         "preprocess_1_worker_x": (audio_s, lambda: preprocess(files, cache_dir, sr, 1)),
         "preprocess_x": (audio_s, lambda: preprocess(files, cache_dir, sr, workers))},
         cfg.repeats))
     out["preprocess_worker_scaling"] = out["preprocess_x"] / out["preprocess_1_worker_x"]
+    # the most preprocess_vs_librosa_ratio can be on this machine while the cache holds the
+    # training rate: every worker at the decode+resample floor, scaling perfectly
+    out["decode_resample_bound_vs_librosa"] = workers * out["decode_resample_x"] / out["librosa_loop_x"]
     return out
 
 

@@ -59,24 +59,31 @@ def stream_audio(path: str | os.PathLike, target_sr: int, info: dict,
         resampler = None if sr == target_sr else \
             soxr.ResampleStream(sr, target_sr, 1, dtype="float32", quality="HQ")
         block = max(int(block_seconds * sr), 1)
+        # one decode buffer reused for every block: a fresh multi-MB array per block costs
+        # page faults that were ~10 % of the preprocessing time
+        buffer = np.empty((block, channels), dtype=np.float32)
         frames, bad, peak = 0, 0, 0.0
         while True:
             try:
-                data = handle.read(block, dtype="float32", always_2d=True)
+                data = handle.read(block, dtype="float32", always_2d=True, out=buffer)
             except Exception as err:
                 raise AudioError(f"cannot decode at {frames / sr:.1f} s: {err}") from None
             last = data.shape[0] < block
-            wave = data.mean(axis=1) if channels > 1 else data[:, 0]
-            nonfinite = ~np.isfinite(wave)
-            if nonfinite.any():
-                bad += int(nonfinite.sum())
-                wave = np.where(nonfinite, 0.0, wave).astype(np.float32)
+            wave = data.mean(axis=1, dtype=np.float32) if channels > 1 else data[:, 0]
             frames += data.shape[0]
-            peak = max(peak, float(np.abs(wave).max(initial=0.0)))
+            # two reductions, no temporary: NaN or inf anywhere makes the peak non-finite
+            block_peak = max(float(wave.max(initial=0.0)), -float(wave.min(initial=0.0)))
+            if not np.isfinite(block_peak):
+                nonfinite = ~np.isfinite(wave)
+                bad += int(nonfinite.sum())
+                wave = np.where(nonfinite, np.float32(0.0), wave)
+                block_peak = float(np.abs(wave).max(initial=0.0))
+            peak = max(peak, block_peak)
             if resampler is not None:
-                wave = resampler.resample_chunk(np.ascontiguousarray(wave), last=last)
+                wave = resampler.resample_chunk(wave, last=last)
             if len(wave):
-                yield np.ascontiguousarray(wave, dtype=np.float32)
+                # a copy: the decode buffer is overwritten by the next block
+                yield wave.copy() if resampler is None and channels == 1 else wave
             if last:
                 break
     if frames == 0:
@@ -112,7 +119,7 @@ def cache_audio(path: str | os.PathLike, cache_dir, recording_id: str, target_sr
             _write_header(handle, 0)
             written = 0
             for block in stream_audio(path, target_sr, info, block_seconds):
-                handle.write(np.clip(block, -1.0, 1.0, out=block).astype("<f2").tobytes())
+                handle.write(to_float16(block))
                 written += len(block)
             handle.seek(0)
             _write_header(handle, written)
@@ -121,6 +128,15 @@ def cache_audio(path: str | os.PathLike, cache_dir, recording_id: str, target_sr
         if tmp.exists():
             tmp.unlink()
     return {**info, "n_samples": written}
+
+
+def to_float16(block: np.ndarray) -> np.ndarray:
+    """Clip to [-1, 1] (in place) and convert to little-endian float16. torch's vectorised
+    conversion is ~5x numpy's astype (2.7 ms vs 0.5 ms per 30 s at 32 kHz), which was 8 %
+    of the preprocessing time. Workers forked by 01_preprocess run torch single-threaded."""
+    import torch
+    np.clip(block, -1.0, 1.0, out=block)
+    return torch.from_numpy(block).half().numpy().astype("<f2", copy=False)
 
 
 def _write_header(handle, n_samples: int) -> None:
