@@ -5,6 +5,8 @@ labels, no zero term, no mixup; its models make the pseudo labels (03_pseudo_lab
 Stage 3 (default): TP/FP rows plus pseudo-positive windows, label = min(base + pseudo, 1),
 2 x positive focal + negative + zero term (BCE against 0.45 on unknown entries), last-layer
 mixup. Both use the TwoStream sampler (8 TP + 8 FP rows per batch) for 5 epochs.
+`--w_rank` (off in the recipe, on in the demo profile) adds stage 1's LSEP on the +1 entries,
+so fine-tuning with the sigmoid terms keeps the within-crop ranking stage 1 learned.
 
 Reads  the fold checkpoints of an earlier run (--init_from=stage1 --init=latest; a later
        pseudo-label round starts from --init_from=stage3), WORK_DIR/pseudo/<tag>/ (stage 3),
@@ -63,6 +65,7 @@ class CFG:
     w_neg: float = 1.0
     w_zero: float = 1.0            # unknown entries; 0 turns the term off (stage 2)
     zero_target: float = 0.45      # "zero label smoothing"
+    w_rank: float = 0.0            # + w_rank * LSEP (+1 above the rest): keeps stage 1's ranking
     mixup: bool = True             # last-layer mixup on the encoder feature map
     mixup_alpha: float = 1.0       # lambda ~ Beta(alpha, alpha)
     mix_negative: bool = False     # also mix the negative term by lambda
@@ -150,7 +153,7 @@ def tp_stream(tp_rows: pd.DataFrame, windows: pd.DataFrame, real_share: float) -
 
 def loss_kw(cfg: CFG) -> dict:
     return {"gamma": cfg.gamma, "w_pos": cfg.w_pos, "w_neg": cfg.w_neg, "w_zero": cfg.w_zero,
-            "zero_target": cfg.zero_target, "mix_negative": cfg.mix_negative}
+            "zero_target": cfg.zero_target, "mix_negative": cfg.mix_negative, "w_rank": cfg.w_rank}
 
 
 def main(cfg: CFG) -> dict:

@@ -53,7 +53,7 @@ def masked_focal_terms(logits: torch.Tensor, labels: torch.Tensor, gamma: float 
 def masked_focal_loss(logits: torch.Tensor, labels: torch.Tensor, labels_b: torch.Tensor | None = None,
                       lam: float = 1.0, gamma: float = 2.0, w_pos: float = 2.0, w_neg: float = 1.0,
                       w_zero: float = 1.0, zero_target: float = 0.45,
-                      mix_negative: bool = False) -> torch.Tensor:
+                      mix_negative: bool = False, w_rank: float = 0.0) -> torch.Tensor:
     """Stage-2/3 loss: w_pos * pos + w_neg * neg + w_zero * zero, each term the mean over the
     batch entries its mask selects (so ~20 unknown classes per crop do not outweigh the one
     or two labelled ones; a term with no entry is 0).
@@ -64,14 +64,20 @@ def masked_focal_loss(logits: torch.Tensor, labels: torch.Tensor, labels_b: torc
     stays absent in the mix unless the other component has it present, so each component's
     negatives count in full where the other component is not +1. `mix_negative=True` mixes
     the negative term by lam like the others instead.
+
+    `w_rank` > 0 adds the stage-1 objective, w_rank * LSEP with the +1 entries as positives and
+    every other entry as a negative (mixed by lam like the positive term): fine-tuning with
+    the sigmoid terms alone lets the within-crop ranking that stage 1 learned drift.
     """
     ta = masked_focal_terms(logits, labels, gamma, zero_target)
     pos_zero = lambda t, y: w_pos * _mean(t["pos"], y > 0.5) \
         + w_zero * _mean(t["zero"], y.abs() <= 0.5)  # noqa: E731
+    rank = lambda y: w_rank * lsep_loss(logits, (y > 0.5).float()) if w_rank else 0.0  # noqa: E731
     if labels_b is None:
-        return pos_zero(ta, labels) + w_neg * _mean(ta["neg"], labels < -0.5)
+        return pos_zero(ta, labels) + w_neg * _mean(ta["neg"], labels < -0.5) + rank(labels)
     tb = masked_focal_terms(logits, labels_b, gamma, zero_target)
-    mixed = lam * pos_zero(ta, labels) + (1 - lam) * pos_zero(tb, labels_b)
+    mixed = lam * (pos_zero(ta, labels) + rank(labels)) \
+        + (1 - lam) * (pos_zero(tb, labels_b) + rank(labels_b))
     if mix_negative:
         neg = lam * _mean(ta["neg"], labels < -0.5) + (1 - lam) * _mean(tb["neg"], labels_b < -0.5)
     else:

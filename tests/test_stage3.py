@@ -150,6 +150,26 @@ def test_mixup_rule_positive_and_zero_mixed_negative_not():
     assert masked_focal_loss(z, a2, b2, lam).item() == pytest.approx(expected2, rel=1e-5)
 
 
+def test_rank_term_adds_lsep_of_the_positives_over_every_other_entry():
+    # +1 on class 0 (f=2), -1 on class 1 (f=-1), unknown class 2 (f=0.5): the LSEP pairs are
+    # (0 over 1) and (0 over 2), unknowns count as negatives as in stage 1
+    z = torch.tensor([[2.0, -1.0, 0.5]])
+    y = torch.tensor([[1.0, -1.0, 0.0]])
+    lsep = math.log(1 + math.exp(-1.0 - 2.0) + math.exp(0.5 - 2.0))
+    base = masked_focal_loss(z, y).item()
+    assert masked_focal_loss(z, y, w_rank=0.5).item() == pytest.approx(base + 0.5 * lsep, rel=1e-5)
+    # a crop with no positive (FP-only) gets no rank term
+    y_fp = torch.tensor([[0.0, -1.0, 0.0]])
+    assert masked_focal_loss(z, y_fp, w_rank=3.0).item() == pytest.approx(
+        masked_focal_loss(z, y_fp).item(), rel=1e-6)
+    # with mixup the rank term of each component is weighted by its lambda
+    b = torch.tensor([[0.0, 0.0, 1.0]])
+    lsep_b = math.log(1 + math.exp(2.0 - 0.5) + math.exp(-1.0 - 0.5))
+    lam = 0.3
+    expected = masked_focal_loss(z, y, b, lam).item() + lam * lsep + (1 - lam) * lsep_b
+    assert masked_focal_loss(z, y, b, lam, w_rank=1.0).item() == pytest.approx(expected, rel=1e-5)
+
+
 # ----------------------------------------------------------------------------- pseudo labels
 def test_vote_scales_with_allowed_models(scripts):
     pl = scripts("03_pseudo_label")
