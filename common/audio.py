@@ -158,7 +158,7 @@ def save_cached(cache_dir, recording_id: str, wave: np.ndarray) -> Path:
     path = cache_path(cache_dir, recording_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.npy")
-    np.save(tmp, np.clip(wave, -1.0, 1.0).astype(np.float16))
+    np.save(tmp, to_float16(np.array(wave, dtype=np.float32)))  # a copy: clipped in place
     os.replace(tmp, path)
     return path
 

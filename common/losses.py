@@ -70,14 +70,15 @@ def masked_focal_loss(logits: torch.Tensor, labels: torch.Tensor, labels_b: torc
     the sigmoid terms alone lets the within-crop ranking that stage 1 learned drift.
     """
     ta = masked_focal_terms(logits, labels, gamma, zero_target)
-    pos_zero = lambda t, y: w_pos * _mean(t["pos"], y > 0.5) \
-        + w_zero * _mean(t["zero"], y.abs() <= 0.5)  # noqa: E731
-    rank = lambda y: w_rank * lsep_loss(logits, (y > 0.5).float()) if w_rank else 0.0  # noqa: E731
+    # the terms mixed by lam: positive, zero and (when on) the rank term; LSEP takes the
+    # entries > 0.5 as positives, so the -1 and 0 entries are its negatives
+    mixed_terms = lambda t, y: w_pos * _mean(t["pos"], y > 0.5) \
+        + w_zero * _mean(t["zero"], y.abs() <= 0.5) \
+        + (w_rank * lsep_loss(logits, y) if w_rank else 0.0)  # noqa: E731
     if labels_b is None:
-        return pos_zero(ta, labels) + w_neg * _mean(ta["neg"], labels < -0.5) + rank(labels)
+        return mixed_terms(ta, labels) + w_neg * _mean(ta["neg"], labels < -0.5)
     tb = masked_focal_terms(logits, labels_b, gamma, zero_target)
-    mixed = lam * (pos_zero(ta, labels) + rank(labels)) \
-        + (1 - lam) * (pos_zero(tb, labels_b) + rank(labels_b))
+    mixed = lam * mixed_terms(ta, labels) + (1 - lam) * mixed_terms(tb, labels_b)
     if mix_negative:
         neg = lam * _mean(ta["neg"], labels < -0.5) + (1 - lam) * _mean(tb["neg"], labels_b < -0.5)
     else:
