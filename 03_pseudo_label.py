@@ -79,7 +79,7 @@ def predict_all(cfg, src_dir, folds, prep, plan, seen, window, device) -> dict:
         logits = predict_windows(model, prep.cache, ids, window, window, cfg.infer_batch,
                                  device, progress=None, starts=starts)
         for rid, lg in zip(ids, logits):
-            out[rid].append(1.0 / (1.0 + np.exp(-lg)))
+            out[rid].append(metrics.sigmoid(lg))
     return {rid: np.stack(p) for rid, p in out.items() if p}
 
 

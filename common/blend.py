@@ -27,8 +27,7 @@ from common.cli import ConfigError
 BLENDS = ("align", "rank", "oof")
 
 
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
+sigmoid = metrics.sigmoid
 
 
 def weighted_mean(preds: list, weights) -> np.ndarray:

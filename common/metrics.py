@@ -2,6 +2,12 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import expit
+
+
+def sigmoid(logits) -> np.ndarray:
+    """Probabilities of logits, float64, without overflow warnings for large |logits|."""
+    return expit(np.asarray(logits, dtype=np.float64))
 
 
 def lwlrap(truth: np.ndarray, scores: np.ndarray) -> float:

@@ -61,8 +61,7 @@ class SegmentSet:
         return metrics.row_f1(self.truth, sigmoid(logits), threshold)["f1"]
 
 
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1 / (1 + np.exp(-x))
+sigmoid = metrics.sigmoid
 
 
 def for_validation(prep, val_ids: list, crop_seconds: float) -> SegmentSet | None:

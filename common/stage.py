@@ -116,7 +116,7 @@ def run_fold(cfg, prep, fold: int, model, make_loader, step, run_dir: Path, devi
         holder["last"] = scores
         local = {"val_local_f1": seg.f1(holder["last_seg"])} if seg is not None else {}
         return {"val_lwlrap": metrics.lwlrap(truth, scores),
-                "val_f1": metrics.f1_at(truth, 1 / (1 + np.exp(-scores)))["f1"], **local}
+                "val_f1": metrics.f1_at(truth, metrics.sigmoid(scores))["f1"], **local}
 
     def save_best(m, row):
         holder["best"], holder["best_seg"] = holder["last"], holder.get("last_seg")
@@ -213,7 +213,7 @@ def finish_run(cfg, prep, stage: str, run_dir: Path, fold_results: list, mcfg: d
     history = pd.concat([r["history"] for r in fold_results], ignore_index=True)
     save_history(history, run_dir, "val_lwlrap")
     result = {"cv_lwlrap": metrics.lwlrap(truth, oof),
-              "cv_f1": metrics.f1_at(truth, 1 / (1 + np.exp(-oof)))["f1"],
+              "cv_f1": metrics.f1_at(truth, metrics.sigmoid(oof))["f1"],
               "fold_lwlrap": {int(r["history"]["fold"].iloc[0]): r["best"]["val_lwlrap"]
                               for r in fold_results},
               "folds": [int(f) for f in folds]}
@@ -230,7 +230,7 @@ def finish_run(cfg, prep, stage: str, run_dir: Path, fold_results: list, mcfg: d
         aligned = test[[order[r] for r in truth_ids]]
         result["test_lwlrap"] = metrics.lwlrap(test_truth, aligned)
         result["test_prevalence_baseline"] = metrics.prevalence_baseline(test_truth)
-        result["test_f1"] = metrics.f1_at(test_truth, 1 / (1 + np.exp(-aligned)))["f1"]
+        result["test_f1"] = metrics.f1_at(test_truth, metrics.sigmoid(aligned))["f1"]
     result["seconds"] = round(time.time() - tic, 1)
     runs.save_json(run_dir / "metrics.json", result)
     runs.append_experiment(cfg.work_dir, {
