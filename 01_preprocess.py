@@ -156,8 +156,7 @@ def decode_all(files: list, cache_dir: Path, cfg: CFG) -> list[dict]:
     if workers == 1:
         return [cache_one(j) for j in tqdm(jobs, desc="decode")]
     # largest files first, one file per task: no worker idles at the end behind a long tail
-    order = sorted(range(len(jobs)), key=lambda i: -(os.path.getsize(jobs[i][2])
-                                                       if os.path.isfile(jobs[i][2]) else 0))
+    order = sorted(range(len(jobs)), key=lambda i: -(source_stamp(jobs[i][2]) or [0])[0])
     results: list = [None] * len(jobs)
     with ProcessPoolExecutor(min(workers, max(len(jobs), 1)), initializer=single_thread) as pool:
         done = pool.map(cache_one, [jobs[i] for i in order], chunksize=1)
