@@ -28,7 +28,7 @@ from common.data import CropDataset, cap_per_class, split_fold
 from common.losses import get_loss
 from common.noise import input_mixup
 from common.prepared import load_prepared
-from common.sed import build_model
+from common.sed import build_model, to_device
 
 
 @dataclass
@@ -76,7 +76,7 @@ class CFG:
     infer_stride_seconds: float = 0.0  # stride of the best epoch's OOF and test scores; 0 = val
     val_from: int = 0              # first epoch validated; earlier ones are skipped (time)
     infer_batch: int = 64
-    num_workers: int = 0           # DataLoader processes (the cache is memory-mapped)
+    num_workers: int = -1          # DataLoader processes; -1 = auto (0 on CPU, up to 4 on a GPU)
     device: str = "auto"           # auto | cpu | cuda | cuda:1
     amp: str = "none"              # none | bf16 | fp16 mixed precision
     seed: int = 42
@@ -116,7 +116,7 @@ def make_fold(cfg: CFG, prep, fold: int, mcfg: dict, device):
         return loss_fn(model(wave)["clip_logit"].float(), targets)
 
     stage.seed_everything(cfg.seed + fold)
-    model = build_model(mcfg, cfg.pretrained_path).to(device)
+    model = to_device(build_model(mcfg, cfg.pretrained_path), device)
     return model, make_loader, step, set(rows["recording_id"])
 
 

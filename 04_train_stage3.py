@@ -79,7 +79,7 @@ class CFG:
     val_stride_seconds: float = 0.0
     infer_stride_seconds: float = 0.0  # stride of the best epoch's OOF and test scores; 0 = val
     infer_batch: int = 64
-    num_workers: int = 0
+    num_workers: int = -1          # DataLoader processes; -1 = auto (0 on CPU, up to 4 on a GPU)
     device: str = "auto"
     amp: str = "none"
     seed: int = 42
@@ -122,9 +122,7 @@ def make_fold(cfg: CFG, prep, fold: int, init_dir, pseudo, device):
         dataset.set_epoch(epoch)
         sampler.set_epoch(epoch)
         rng["gen"] = np.random.default_rng([cfg.seed, fold, 7, epoch])
-        return torch.utils.data.DataLoader(dataset, batch_sampler=sampler,
-                                           num_workers=cfg.num_workers,
-                                           pin_memory=device.type == "cuda")
+        return dist.loader(dataset, sampler, device, cfg.num_workers)
 
     def step(model, batch):
         wave, labels = batch

@@ -40,9 +40,12 @@ def setup(cfg, data_dir: Path):
                                        duration=20.0), workers=cfg.workers or 2)
         pre = script("01_preprocess")
         pre.main(parse_cfg(pre.CFG, "preprocess", [*io, "--tag=bench", "--workers=1"]))
+    from common.infer import resolve_device
+
     s1 = script("02_train_stage1")
-    stage1 = parse_cfg(s1.CFG, "stage1", [*io, "--preprocess=bench", f"--amp={cfg.amp}",
-                                          f"--device={cfg.device}"])
+    args = [*io, "--preprocess=bench", f"--amp={cfg.amp}", f"--device={cfg.device}"]
+    crops = cfg.crops_per_row or (250 if resolve_device(cfg.device).type == "cuda" else 0)
+    stage1 = parse_cfg(s1.CFG, "stage1", args + ([f"--crops_per_row={crops}"] if crops else []))
     prep = load_prepared(work, "bench")
     return stage1, prep, stage.model_cfg(stage1, prep.classes, prep.sample_rate)
 
@@ -65,13 +68,17 @@ def training(cfg, stage1, prep, mcfg, device) -> tuple[dict, object]:
 
     s1 = script("02_train_stage1")
     model, make_loader, step, _ = s1.make_fold(stage1, prep, 0, mcfg, device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=stage1.lr)
-    real = list(make_loader(0))  # warm-up pass; its shapes make the random batches
-    samples = sum(len(b[0]) for b in real)
-    fake = [(0.1 * torch.randn_like(w), lab.clone()) for w, lab in real]
-    del real
+    sizes, first = [], None
+    for wave, labels in make_loader(0):  # warm-up pass; its shapes make the random batches
+        sizes.append(len(wave))
+        first = first or (wave.shape[1:], wave.dtype, labels)
+    samples = sum(sizes)
+    shape, dtype, labels = first
+    # the pure model step: random batches already on the device (a few, reused)
+    pool = [(0.1 * torch.randn((sizes[0], *shape), device=device)).to(dtype) for _ in range(4)]
+    labels = labels.to(device)
+    fake = [(pool[i % 4][:n], labels[:n]) for i, n in enumerate(sizes)]
 
     def run(loader):
         return lambda: train_epoch(model, loader() if callable(loader) else loader, step,
@@ -87,32 +94,36 @@ def training(cfg, stage1, prep, mcfg, device) -> tuple[dict, object]:
 
 
 def inference(cfg, stage1, model, cache_dir: Path, ids: list, sr: int, device) -> dict:
+    """The real test inference (windows at the profile's final stride, read from the cache,
+    batched, moved, scored) next to the pure forward pass over as many windows of a batch
+    already on the device; both as audio seconds of the recordings per second."""
     from common.audio import WaveCache
     from common.infer import predict_recordings, window_starts
+    from common.stage import windows
     from common.train import autocast
 
     cache = WaveCache(cache_dir)
-    window = int(round(stage1.crop_seconds * sr))
-    n_windows = sum(len(window_starts(cache.length(r), window, window)) for r in ids)
+    window, stride = windows(stage1, sr, final=True)
+    n_windows = sum(len(window_starts(cache.length(r), window, stride)) for r in ids)
     audio_s = sum(cache.length(r) for r in ids) / sr
     batches = [min(stage1.infer_batch, n_windows - b) for b in range(0, n_windows, stage1.infer_batch)]
-    fake = torch.zeros(stage1.infer_batch, window).uniform_(-0.1, 0.1)
+    fake = torch.zeros(stage1.infer_batch, window, device=device).uniform_(-0.1, 0.1)
 
     def real():
         with autocast(device, stage1.amp):
-            predict_recordings(model, cache, ids, window, window, stage1.infer_batch, device)
+            predict_recordings(model, cache, ids, window, stride, stage1.infer_batch, device)
 
     @torch.inference_mode()
     def forward():
         model.eval()
         with autocast(device, stage1.amp):
-            for size in batches:
-                model(fake[:size].to(device))["clip_logit"].float().cpu()
+            torch.cat([model(fake[:size])["clip_logit"].float() for size in batches]).cpu()
 
     real()  # warm-up
-    rates = interleaved_rates({"infer_x": (audio_s, real),
-                               "forward_x": (n_windows * stage1.crop_seconds, forward)}, cfg.repeats)
-    return {"infer_audio_seconds": audio_s, "infer_windows": n_windows, **rates}
+    rates = interleaved_rates({"infer_x": (audio_s, real), "forward_x": (audio_s, forward)},
+                              cfg.repeats)
+    return {"infer_audio_seconds": audio_s, "infer_windows": n_windows,
+            "infer_stride_seconds": stride / sr, **rates}
 
 
 def profile_epoch(model, loader, step, optimizer, device, amp: str, path: Path) -> dict:

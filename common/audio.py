@@ -203,12 +203,32 @@ class WaveCache:
     def get(self, rid: str) -> np.ndarray:
         return self.crop(rid, 0, self.length(rid))
 
-    def crop(self, rid: str, start: int, length: int) -> np.ndarray:
+    def dtype(self, rid: str) -> np.dtype:
+        """The stored sample type (float16 for the kit's caches)."""
+        return self._entry(rid)[3]
+
+    def read_into(self, rid: str, start: int, out: np.ndarray) -> np.ndarray:
+        """Fill `out` (1-D, the stored dtype) with samples [start, start + len(out)),
+        zero-padded past the end: one positioned read straight into `out`, no temporary
+        (the inference loader reads a whole batch into one pinned buffer this way)."""
         path, offset, n, dtype = self._entry(rid)
+        if out.dtype != dtype:
+            raise TypeError(f"read_into needs a {dtype} buffer for {path}, got {out.dtype}")
         start = max(0, int(start))
-        out = np.zeros(length, dtype=np.float32)
-        count = max(0, min(length, n - start))
+        count = max(0, min(len(out), n - start))
         if count:
-            out[:count] = np.fromfile(path, dtype=dtype, count=count,
-                                      offset=offset + start * dtype.itemsize)
+            with open(path, "rb") as handle:
+                handle.seek(offset + start * dtype.itemsize)
+                got = handle.readinto(memoryview(out[:count]).cast("B"))
+            if got != count * dtype.itemsize:
+                raise OSError(f"{path}: short read ({got} of {count * dtype.itemsize} bytes); "
+                              "the cache file changed or is truncated: run 01_preprocess.py again")
+        out[count:] = 0
         return out
+
+    def crop(self, rid: str, start: int, length: int, stored: bool = False) -> np.ndarray:
+        """float32 samples [start, start + length); `stored=True` keeps the cache's own
+        dtype (float16 for the kit's caches): the training and inference loaders move half
+        the bytes and convert on the model's device (common.infer.to_model_input)."""
+        raw = self.read_into(rid, start, np.empty(length, dtype=self.dtype(rid)))
+        return raw if stored else raw.astype(np.float32)

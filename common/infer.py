@@ -27,29 +27,72 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def to_model_input(wave: torch.Tensor, device) -> torch.Tensor:
+    """A host batch of waves (float16 from the cache, or float32) as float32 on `device`:
+    the copy moves the stored bytes (non-blocking from pinned memory) and the conversion
+    runs on the device."""
+    return wave.to(device, non_blocking=True).float()
+
+
+PREFETCH_THREADS = 4  # threads reading the next batches while the model runs (reads release the GIL)
+PREFETCH_BATCHES = 6  # batches in flight: host memory bounded by this, not by recording length
+
+
+def window_batches(cache, jobs: list, window: int, batch_size: int, device,
+                   progress: bool | None = False):
+    """Yield (jobs of the batch, float32 (B, window) waves on `device`) for `jobs` =
+    [(i, recording_id, start)], in order. Threads read and stack the next batches (pinned
+    on a GPU) while the caller runs the model on this one."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm.auto import tqdm
+
+    device = torch.device(device)
+    pin = device.type == "cuda"
+
+    def load(b: int) -> torch.Tensor:
+        """One batch read straight into one (pinned) buffer in the cache's dtype."""
+        chunk = jobs[b:b + batch_size]
+        like = torch.from_numpy(np.empty(0, cache.dtype(chunk[0][1])))  # one run, one dtype
+        waves = torch.empty((len(chunk), window), dtype=like.dtype, pin_memory=pin)
+        for row, (_, rid, s) in zip(waves.numpy(), chunk):
+            cache.read_into(rid, s, row)
+        return waves
+
+    starts = range(0, len(jobs), batch_size)
+    bar = tqdm(total=len(starts), desc="infer", leave=False,
+               disable=None if progress is None else not progress)  # None: bar on a tty only
+    with ThreadPoolExecutor(PREFETCH_THREADS) as pool:
+        ahead = deque(pool.submit(load, b) for b in starts[:PREFETCH_BATCHES])
+        queued = len(ahead)
+        for b in starts:
+            waves = ahead.popleft().result()
+            if queued < len(starts):
+                ahead.append(pool.submit(load, starts[queued]))
+                queued += 1
+            yield jobs[b:b + batch_size], to_model_input(waves, device)
+            bar.update()
+    bar.close()
+
+
 @torch.inference_mode()
 def predict_windows(model, cache, recording_ids, window: int, stride: int, batch_size: int = 64,
                     device: str | torch.device = "cpu", progress: bool = False,
                     starts: list | None = None) -> list[np.ndarray]:
     """Clip logits of every window: a list with one (n_windows_i, K) array per recording.
-    Windows start every `stride` samples, or at the given `starts[i]` of recording i."""
-    from tqdm.auto import tqdm
-
-    device = torch.device(device)
+    Windows start every `stride` samples, or at the given `starts[i]` of recording i.
+    The logits stay on the device until the last batch (one host sync, not one per batch)."""
     model.eval()
     if starts is None:
         starts = [window_starts(cache.length(rid), window, stride) for rid in recording_ids]
     jobs = [(i, rid, s) for i, rid in enumerate(recording_ids) for s in starts[i]]
-    per_rec: list[list] = [[] for _ in recording_ids]
-    bar = tqdm(range(0, len(jobs), batch_size), desc="infer", leave=False,
-               disable=None if progress is None else not progress)  # None: bar on a tty only
-    for b in bar:
-        chunk = jobs[b:b + batch_size]
-        waves = np.stack([cache.crop(rid, s, window) for _, rid, s in chunk])
-        logits = model(torch.from_numpy(waves).to(device))["clip_logit"].float().cpu().numpy()
-        for (i, _, _), row in zip(chunk, logits):
-            per_rec[i].append(row)
-    return [np.stack(rows) for rows in per_rec]
+    if not jobs:
+        return [np.zeros((0, 0), np.float32) for _ in recording_ids]
+    out = [model(waves)["clip_logit"].float()
+           for _, waves in window_batches(cache, jobs, window, batch_size, device, progress)]
+    logits = torch.cat(out).cpu().numpy()
+    return np.split(logits, np.cumsum([len(s) for s in starts])[:-1])
 
 
 def predict_recordings(model, cache, recording_ids, window: int, stride: int,
@@ -96,10 +139,7 @@ def predict_frames(model, cache, recording_ids, window: int, stride: int, batch_
     stitched over the whole recording, frame j at j * hop samples, the max where windows
     overlap). `hop` defaults to the model's hop_length (model.model_cfg).
     """
-    from tqdm.auto import tqdm
-
     hop = hop or model.model_cfg["hop_length"]
-    device = torch.device(device)
     model.eval()
     if not len(recording_ids):
         return np.zeros((0, 0), np.float32), []
@@ -109,12 +149,8 @@ def predict_frames(model, cache, recording_ids, window: int, stride: int, batch_
     scores = [None] * len(recording_ids)
     tracks = [None] * len(recording_ids)
     per_window = frame_count(window, hop)
-    bar = tqdm(range(0, len(jobs), batch_size), desc="infer", leave=False,
-               disable=None if progress is None else not progress)  # None: bar on a tty only
-    for b in bar:
-        chunk = jobs[b:b + batch_size]
-        waves = np.stack([cache.crop(rid, s, window) for _, rid, s in chunk])
-        out = model(torch.from_numpy(waves).to(device))
+    for chunk, waves in window_batches(cache, jobs, window, batch_size, device, progress):
+        out = model(waves)
         logits = out["clip_logit"].float().cpu().numpy()
         frames = out["frame_prob"].float().cpu().numpy()
         for (i, _, start), logit, frame in zip(chunk, logits, frames):

@@ -103,9 +103,17 @@ def save_checkpoint(path, model: SEDModel, extra: dict | None = None) -> Path:
                              **(extra or {})})
 
 
+def to_device(model: nn.Module, device: str | torch.device) -> nn.Module:
+    """The model on `device`; on a GPU with channels-last convolution weights (the layout
+    cuDNN's tensor-core kernels use under bf16/fp16, so no transposes between layers)."""
+    device = torch.device(device)
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
+
+
 def load_checkpoint(path, device: str | torch.device = "cpu") -> tuple[SEDModel, dict]:
     """Rebuild the model from a checkpoint file; returns (model in eval mode, checkpoint)."""
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     model = build_model(ckpt["model_cfg"])
     model.load_state_dict(ckpt["state_dict"])
-    return model.to(device).eval(), ckpt
+    return to_device(model, device).eval(), ckpt

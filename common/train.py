@@ -29,18 +29,26 @@ def autocast(device: torch.device, amp: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+SYNC_EVERY = 25  # batches between host syncs on a GPU (the loss check and progress bar)
+
+
 def train_epoch(model, loader, step, optimizer, device, amp: str = "none",
                 scaler=None, desc: str = "train") -> float:
-    """One pass over `loader`; returns the mean loss."""
+    """One pass over `loader`; returns the mean loss. Waves arrive in the cache's dtype
+    (float16) and become float32 on the device. On a GPU the loss stays on the device and is
+    checked every SYNC_EVERY batches, so the host queues work ahead instead of waiting
+    for each step; on the CPU it is checked after every batch."""
+    from common.infer import to_model_input
+
     model.train()
-    total, count = 0.0, 0
+    total, count = torch.zeros((), device=device), 0
+    every = SYNC_EVERY if device.type == "cuda" else 1
     bar = tqdm(loader, desc=desc, leave=False, disable=None)  # None: no bar when not a tty
-    for batch in bar:
-        batch = [b.to(device, non_blocking=True) for b in batch]
+    for i, batch in enumerate(bar):
+        batch = [to_model_input(b, device) if b.is_floating_point() else b.to(device)
+                 for b in batch]
         with autocast(device, amp):
             loss = step(model, batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{desc}: loss became {loss.item()}; lower lr or check data")
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -49,10 +57,20 @@ def train_epoch(model, loader, step, optimizer, device, amp: str = "none",
         else:
             loss.backward()
             optimizer.step()
-        total += loss.item() * len(batch[0])
+        total += loss.detach().float() * len(batch[0])
         count += len(batch[0])
-        bar.set_postfix(loss=f"{total / count:.4f}")
-    return total / max(count, 1)
+        if (i + 1) % every == 0:
+            bar.set_postfix(loss=f"{check_loss(total, count, desc, i, every):.4f}")
+    return check_loss(total, count, desc, i, every) if count else 0.0
+
+
+def check_loss(total: torch.Tensor, count: int, desc: str, batch: int, every: int) -> float:
+    """Mean loss so far (one host sync); stops the run when it is no longer finite."""
+    mean = total.item() / count
+    if not math.isfinite(mean):
+        where = f"batch {batch}" if every == 1 else f"batches {max(batch - every + 1, 0)}-{batch}"
+        raise FloatingPointError(f"{desc}: loss became {mean} in {where}; lower lr or check data")
+    return mean
 
 
 def fit(model, make_loader, step, validate, *, epochs: int, lr: float, t_max: int,

@@ -45,11 +45,18 @@ class ArrayCache:
     def length(self, rid):
         return len(self.waves[rid])
 
-    def crop(self, rid, start, length):
-        out = np.zeros(length, dtype=np.float32)
-        piece = self.waves[rid][max(0, start):max(0, start) + length]
+    def dtype(self, rid):
+        return self.waves[rid].dtype
+
+    def read_into(self, rid, start, out):
+        piece = self.waves[rid][max(0, start):max(0, start) + len(out)]
         out[:len(piece)] = piece
+        out[len(piece):] = 0
         return out
+
+    def crop(self, rid, start, length, stored=False):
+        out = self.read_into(rid, start, np.empty(length, dtype=self.waves[rid].dtype))
+        return out if stored else out.astype(np.float32)
 
 
 @pytest.fixture(scope="session")

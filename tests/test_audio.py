@@ -167,6 +167,11 @@ def test_cache_audio_streams_blocks_to_the_same_samples_as_whole_file_decoding(t
     cache = WaveCache(tmp_path / "waves")
     assert cache.length("long") == len(whole)
     np.testing.assert_array_equal(cache.crop("long", 1000, 500), stored[1000:1500].astype(np.float32))
+    # the loaders' form: the stored float16 bytes, zero-padded the same way
+    raw = cache.crop("long", len(whole) - 100, 500, stored=True)
+    assert raw.dtype == np.float16 and raw.shape == (500,)
+    np.testing.assert_array_equal(raw[:100], stored[-100:])
+    assert np.all(raw[100:] == 0)
 
 
 def test_cache_audio_failure_leaves_no_file(tmp_path):

@@ -103,6 +103,24 @@ def test_predict_windows_per_recording_and_batch_size_invariance():
     np.testing.assert_allclose(small[1][:, 0], ramp_means, rtol=1e-6)
 
 
+def test_predict_windows_from_float16_cache_model_sees_float32_and_many_batches_keep_order():
+    """The loaders move the cache's float16 bytes and convert on the device: the model gets
+    float32, and prefetched batches (more than are read ahead) arrive in order."""
+    rng = np.random.default_rng(3)
+    waves = {f"r{i}": rng.uniform(-1, 1, 400).astype(np.float16) for i in range(7)}
+    as32 = ArrayCache({k: v.astype(np.float32) for k, v in waves.items()})
+    model = MeanMaxModel()
+    seen = []
+    forward = model.forward
+    model.forward = lambda wave: seen.append(wave.dtype) or forward(wave)
+    ids = sorted(waves)
+    half = predict_windows(model, ArrayCache(waves), ids, window=30, stride=7, batch_size=3)
+    full = predict_windows(MeanMaxModel(), as32, ids, window=30, stride=7, batch_size=64)
+    assert set(seen) == {torch.float32} and len(seen) > 3 * 6  # well past the read-ahead
+    for a, b in zip(half, full):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_predict_windows_explicit_starts():
     out = predict_windows(MeanMaxModel(), make_cache(), ["ramp"], window=10, stride=999,
                           starts=[[0, 50, 90]])
