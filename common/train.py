@@ -60,15 +60,18 @@ def train_epoch(model, loader, step, optimizer, device, amp: str = "none",
         total += loss.detach().float() * len(batch[0])
         count += len(batch[0])
         if (i + 1) % every == 0:
-            bar.set_postfix(loss=f"{check_loss(total, count, desc, i, every):.4f}")
-    return check_loss(total, count, desc, i, every) if count else 0.0
+            bar.set_postfix(loss=f"{check_loss(total, count, desc, i + 1 - every, i):.4f}")
+    if not count:
+        return 0.0
+    return check_loss(total, count, desc, i - i % every if every > 1 else i, i)
 
 
-def check_loss(total: torch.Tensor, count: int, desc: str, batch: int, every: int) -> float:
-    """Mean loss so far (one host sync); stops the run when it is no longer finite."""
+def check_loss(total: torch.Tensor, count: int, desc: str, first: int, last: int) -> float:
+    """Mean loss so far (one host sync); stops the run when it is no longer finite, naming
+    the batches since the last check."""
     mean = total.item() / count
     if not math.isfinite(mean):
-        where = f"batch {batch}" if every == 1 else f"batches {max(batch - every + 1, 0)}-{batch}"
+        where = f"batch {last}" if first >= last else f"batches {first}-{last}"
         raise FloatingPointError(f"{desc}: loss became {mean} in {where}; lower lr or check data")
     return mean
 

@@ -69,3 +69,10 @@ def test_loader_workers_auto_none_on_cpu_some_on_gpu_explicit_kept():
     loader = dist.loader(list(range(10)), [[0, 1], [2, 3]], "cpu", num_workers=-1)
     assert loader.num_workers == 0 and not loader.pin_memory
     assert [b.tolist() for b in loader] == [[0, 1], [2, 3]]
+
+
+def test_check_loss_names_the_batches_since_the_last_check():
+    from common.train import check_loss
+    assert check_loss(torch.tensor(6.0), 3, "f0", 0, 2) == 2.0
+    with pytest.raises(FloatingPointError, match="f0: loss became nan in batches 25-29;"):
+        check_loss(torch.tensor(float("nan")), 4, "f0", 25, 29)
