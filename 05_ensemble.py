@@ -200,7 +200,7 @@ def report_rows(cfg: CFG, infos: list, fitted: dict, found, ids: list, out: dict
                "resolution": stage.resolution(info["mcfg"]), "folds": len(info["folds"]),
                "weight": float(w), "cv_lwlrap": info["cv_lwlrap"],
                "oof_common": info["oof_common"],
-               **score_test(found, ids, info["test"], blend.sigmoid(info["test"]))}
+               **score_test(found, ids, info["test"], metrics.sigmoid(info["test"]))}
         if cfg.prior_scaling != "none" and found is not None:
             row["test_lwlrap_prior"] = score_test(found, ids, info["test_prior"])["test_lwlrap"]
         rows.append(row)
@@ -255,7 +255,7 @@ def blend_test(cfg: CFG, infos: list, weights, classes: list) -> dict:
         info["test_prior"] = blend.rescale_logits(info["test"], factor)
     return {"plain": blend.blend(cfg.blend, [i["test"] for i in infos], weights),
             "scaled": blend.blend(cfg.blend, [i["test_prior"] for i in infos], weights),
-            "probs": blend.weighted_mean([blend.sigmoid(i["test"]) for i in infos], weights)}
+            "probs": blend.weighted_mean([metrics.sigmoid(i["test"]) for i in infos], weights)}
 
 
 def load_inputs(cfg: CFG) -> tuple:

@@ -27,9 +27,6 @@ from common.cli import ConfigError
 BLENDS = ("align", "rank", "oof")
 
 
-sigmoid = metrics.sigmoid
-
-
 def weighted_mean(preds: list, weights) -> np.ndarray:
     """sum_i w_i * preds_i / sum_i w_i."""
     weights = np.asarray(weights, dtype=np.float64)
@@ -143,9 +140,9 @@ def prior_factor_of(mode: str, oof_logits: np.ndarray, test_logits: np.ndarray,
     probability; the test prior is the mean test probability (`estimate`) or a CSV path."""
     if mode == "none":
         return np.ones(len(classes))
-    train_mean = sigmoid(oof_logits).mean(axis=0)
+    train_mean = metrics.sigmoid(oof_logits).mean(axis=0)
     if mode == "estimate":
-        test_prior = sigmoid(test_logits).mean(axis=0)
+        test_prior = metrics.sigmoid(test_logits).mean(axis=0)
     else:
         test_prior = load_priors(mode, classes)
     return prior_factor(train_mean, test_prior)

@@ -58,10 +58,7 @@ class SegmentSet:
         return np.stack([logits[codes == i].max(axis=0) for i in range(len(self.ids))])
 
     def f1(self, logits: np.ndarray, threshold: float = 0.5) -> float:
-        return metrics.row_f1(self.truth, sigmoid(logits), threshold)["f1"]
-
-
-sigmoid = metrics.sigmoid
+        return metrics.row_f1(self.truth, metrics.sigmoid(logits), threshold)["f1"]
 
 
 def for_validation(prep, val_ids: list, crop_seconds: float) -> SegmentSet | None:
@@ -89,7 +86,7 @@ def score_run(run_dir, fold_results: list, prep, cfg, device, load_model) -> dic
     soundscape_pred.csv. `load_model(fold)` returns a fold's best model."""
     sets = [for_validation(prep, r["val_ids"], cfg.crop_seconds) for r in fold_results]
     truth = np.concatenate([s.truth for s in sets])
-    probs = sigmoid(np.concatenate([r["seg_logits"] for r in fold_results]))
+    probs = metrics.sigmoid(np.concatenate([r["seg_logits"] for r in fold_results]))
     runs.save_csv(run_dir / "oof_segments.csv",
                   _frame(pd.concat([s.table for s in sets]), probs, prep.classes))
     out = _scores("local", truth, probs)
@@ -102,8 +99,8 @@ def score_run(run_dir, fold_results: list, prep, cfg, device, load_model) -> dic
                            "soundscape F1 needs held-out soundscapes")
     scapes = SegmentSet(prep.soundscapes, prep.annotations, prep.classes, prep.sample_rate,
                         cfg.crop_seconds)
-    probs = np.mean([sigmoid(scapes.logits(load_model(int(r["history"]["fold"].iloc[0])),
-                                           prep.cache, cfg.infer_batch, device))
+    probs = np.mean([metrics.sigmoid(scapes.logits(load_model(int(r["history"]["fold"].iloc[0])),
+                                                   prep.cache, cfg.infer_batch, device))
                      for r in fold_results], axis=0)
     runs.save_csv(run_dir / "soundscape_pred.csv", _frame(scapes.table, probs, prep.classes))
     return {**out, **_scores("soundscape", scapes.truth, probs)}

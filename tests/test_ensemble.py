@@ -119,7 +119,7 @@ def test_odds_rescaling_hand_computed():
     factor = blend.prior_factor(np.array([0.2, 0.5]), np.array([0.5, 0.1]))
     np.testing.assert_allclose(factor, [4.0, 1.0 / 9.0])
     logits = np.log(np.array([[1.0, 3.0]]))  # p = 0.5, 0.75
-    probs = blend.sigmoid(blend.rescale_logits(logits, factor))
+    probs = metrics.sigmoid(blend.rescale_logits(logits, factor))
     np.testing.assert_allclose(probs, [[0.8, 0.25]])
 
 
