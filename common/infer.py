@@ -41,8 +41,8 @@ PREFETCH_BATCHES = 6  # batches in flight: host memory bounded by this, not by r
 def window_batches(cache, jobs: list, window: int, batch_size: int, device,
                    progress: bool | None = False):
     """Yield (jobs of the batch, float32 (B, window) waves on `device`) for `jobs` =
-    [(i, recording_id, start)], in order. Threads read and stack the next batches (pinned
-    on a GPU) while the caller runs the model on this one."""
+    [(i, recording_id, start)], in order. Threads read the next batches, each straight into
+    one buffer (pinned on a GPU), while the caller runs the model on this one."""
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 

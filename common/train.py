@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from common import dist
+from common.infer import to_model_input
 from common.runs import save_csv, save_torch
 
 
@@ -38,11 +39,10 @@ def train_epoch(model, loader, step, optimizer, device, amp: str = "none",
     (float16) and become float32 on the device. On a GPU the loss stays on the device and is
     checked every SYNC_EVERY batches, so the host queues work ahead instead of waiting
     for each step; on the CPU it is checked after every batch."""
-    from common.infer import to_model_input
-
     model.train()
     total, count = torch.zeros((), device=device), 0
     every = SYNC_EVERY if device.type == "cuda" else 1
+    checked = -1  # the last batch whose loss was read back
     bar = tqdm(loader, desc=desc, leave=False, disable=None)  # None: no bar when not a tty
     for i, batch in enumerate(bar):
         batch = [to_model_input(b, device) if b.is_floating_point() else b.to(device)
@@ -60,10 +60,9 @@ def train_epoch(model, loader, step, optimizer, device, amp: str = "none",
         total += loss.detach().float() * len(batch[0])
         count += len(batch[0])
         if (i + 1) % every == 0:
-            bar.set_postfix(loss=f"{check_loss(total, count, desc, i + 1 - every, i):.4f}")
-    if not count:
-        return 0.0
-    return check_loss(total, count, desc, i - i % every if every > 1 else i, i)
+            bar.set_postfix(loss=f"{check_loss(total, count, desc, checked + 1, i):.4f}")
+            checked = i
+    return check_loss(total, count, desc, checked + 1, i) if count else 0.0
 
 
 def check_loss(total: torch.Tensor, count: int, desc: str, first: int, last: int) -> float:
