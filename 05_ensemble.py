@@ -136,7 +136,7 @@ def infer_run(cfg: CFG, info: dict, prep, ids: list, tracks: dict, grid: dict,
         for b in range(0, len(ids), CHUNK):
             chunk = ids[b:b + CHUNK]
             scores, frames = predict_frames(model, prep.cache, chunk, window, stride,
-                                            cfg.infer_batch, device, progress=True)
+                                            cfg.infer_batch, device, progress=None)
             parts.append(scores)
             for rid, track in zip(chunk, frames):
                 if rid in tracks:  # float32 throughout: a full RFCx test set is ~1 GB of tracks

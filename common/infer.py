@@ -130,7 +130,7 @@ def resample_frames(track: np.ndarray, hop_s: float, n: int, grid_hop_s: float) 
 
 @torch.inference_mode()
 def predict_frames(model, cache, recording_ids, window: int, stride: int, batch_size: int = 64,
-                   device: str | torch.device = "cpu", progress: bool = False,
+                   device: str | torch.device = "cpu", progress: bool | None = False,
                    hop: int | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
     """Clip scores and framewise tracks of whole recordings in one pass.
 

@@ -39,7 +39,7 @@ def pipeline(tiny_demo):
     logs["02"] = run_script("02_train_stage1", *TRAIN, *io).stdout
     logs["04s2"] = run_script("04_train_stage3", "--stage=stage2", *TRAIN, *io).stdout
     logs["03"] = run_script("03_pseudo_label", "--cfg_file=profiles/demo.json", "--min_votes=2",
-                            "--threshold=0.3",
+                            "--threshold=0.3", "--consensus_threshold=0.3",
                             *io).stdout
     logs["04s3"] = run_script("04_train_stage3", *TRAIN, *io).stdout
     logs["05"] = run_script("05_ensemble", "--cfg_file=profiles/demo.json",

@@ -180,6 +180,32 @@ def test_vote_scales_with_allowed_models(scripts):
     assert pos1.tolist() == [[False, True]]
 
 
+def test_consensus_threshold_only_where_every_fold_model_votes(scripts):
+    pl = scripts("03_pseudo_label")
+    probs = np.array([[[0.65, 0.9]], [[0.7, 0.6]], [[0.8, 0.9]]])
+    pos, votes = pl.vote(probs, 0.85, 3, 3, consensus_threshold=0.6)  # all 3 folds: 0.6
+    assert votes.tolist() == [[3, 3]] and pos.tolist() == [[True, True]]
+    pos, votes = pl.vote(probs, 0.85, 3, 3)  # unset: the threshold for everyone
+    assert votes.tolist() == [[0, 2]] and pos.tolist() == [[False, False]]
+    pos1, votes1 = pl.vote(probs[1:2], 0.85, 3, 3, consensus_threshold=0.6)  # one model: 0.85
+    assert votes1.tolist() == [[0, 0]] and pos1.tolist() == [[False, False]]
+
+
+def test_precision_vs_events_splits_by_voting_models(scripts, tmp_path):
+    pl = scripts("03_pseudo_label")
+    pd.DataFrame({"split": ["test", "train"], "recording_id": ["a", "b"], "kind": ["call", "call"],
+                  "species_id": [1, 2], "t_min": [1.0, 10.0], "t_max": [2.0, 11.0]}
+                 ).to_csv(tmp_path / "demo_events.csv", index=False)
+    table = pd.DataFrame({"recording_id": ["a", "a", "b", "b"], "class": ["s1", "s2", "s2", "s2"],
+                          "t_start": [0.0, 0.0, 9.0, 20.0], "t_end": [5.0, 5.0, 14.0, 25.0],
+                          "n_models": [3, 3, 1, 1], "label": [1, 1, 1, 1]})
+    out = pl.precision_vs_events(table, tmp_path, 3)
+    # a/s1 covers its call, a/s2 has no s2 call, b/s2 at 9-14 s covers it, at 20-25 s does not
+    assert out == {"all_models": {"windows": 2, "precision": 0.5},
+                   "fewer_models": {"windows": 2, "precision": 0.5}}
+    assert pl.precision_vs_events(table, tmp_path / "nowhere", 3) is None
+
+
 def test_pseudo_labels_never_from_a_model_that_trained_on_the_recording(scripts, tmp_path):
     pl = scripts("03_pseudo_label")
 
