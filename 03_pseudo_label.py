@@ -7,9 +7,10 @@ votes on a recording it trained on (its run's trained_on.csv), so a train record
 on by the one fold model that held it out; the votes needed scale with the models allowed:
 ceil(min_votes * allowed / n_folds). Where every fold model votes (the test recordings),
 `consensus_threshold` may replace `threshold`: several held-out models agreeing are stronger
-evidence than one (demo, against every call placed: 3 of 3 models at 0.7 were right on 100 %
-of their test windows, one model at 0.7 on 53 % of its train windows, at 0.85 on 86 %). Pseudo negatives (every allowed model below
-`neg_threshold`) are optional and off by default (the recipe found they hurt).
+evidence than one (demo, against every call placed: 3 of 3 models at 0.65 were right on 96 %
+of their test windows, one model at 0.85 on 86 % of its train windows, at 0.65-0.7 on about
+half). Pseudo negatives (every allowed model below `neg_threshold`) are optional and off by
+default (the recipe found they hurt).
 
 Reads  the fold checkpoints of a stage-1/2/3 run (--source=stage2 --source_tag=latest).
 Writes WORK_DIR/pseudo/<tag>/: pseudo_labels.csv (recording_id, window, t_start, t_end,
@@ -108,22 +109,34 @@ def build_table(cfg, prep, plan, probs, window_s, n_folds) -> pd.DataFrame:
                                        "score", "votes", "n_models", "label"])
 
 
+def match_events(events: pd.DataFrame, windows: pd.DataFrame, min_overlap: float) -> tuple:
+    """Events (recording_id, class, t_min, t_max) against windows (recording_id, class,
+    t_start, t_end) of the same recording and class, matched by overlap_hit: (events inside
+    some window, windows holding some event), boolean arrays in the rows' order."""
+    events, windows = events.reset_index(drop=True), windows.reset_index(drop=True)
+    event_hit, window_hit = np.zeros(len(events), bool), np.zeros(len(windows), bool)
+    by_key = windows.groupby(["recording_id", "class"]).indices
+    t0, t1 = events["t_min"].to_numpy(float)[:, None], events["t_max"].to_numpy(float)[:, None]
+    start, end = windows["t_start"].to_numpy(float), windows["t_end"].to_numpy(float)
+    for key, e in events.groupby(["recording_id", "class"]).indices.items():
+        w = by_key.get(key)
+        if w is not None:
+            hit = overlap_hit(t0[e], t1[e], start[w], end[w], min_overlap)  # (events, windows)
+            event_hit[e] |= hit.any(axis=1)
+            window_hit[w] |= hit.any(axis=0)
+    return event_hit, window_hit
+
+
 def agreement(table: pd.DataFrame, ann: pd.DataFrame, label: int, min_overlap: float, ids) -> float:
     """Fraction of annotation rows with `label` (on recordings that got votes) covered by a
     pseudo positive of the same class: recall against TP, false-positive rate against FP."""
     rows = ann[(ann["label"] == label) & ann["recording_id"].isin(ids)]
-    pos = table[table["label"] > 0]
-    by_key = {key: grp for key, grp in pos.groupby(["recording_id", "class"])}
-    hits = 0
-    for rid, cls, t0, t1 in rows[["recording_id", "class", "t_min", "t_max"]].itertuples(index=False):
-        grp = by_key.get((rid, cls))
-        if grp is not None and overlap_hit(t0, t1, grp["t_start"].to_numpy(),
-                                           grp["t_end"].to_numpy(), min_overlap).any():
-            hits += 1
-    return hits / max(len(rows), 1)
+    covered, _ = match_events(rows, table[table["label"] > 0], min_overlap)
+    return float(covered.mean()) if len(rows) else 0.0
 
 
-def precision_vs_events(table: pd.DataFrame, input_dir, n_folds: int) -> dict | None:
+def precision_vs_events(table: pd.DataFrame, input_dir, n_folds: int,
+                        min_overlap: float = 0.5) -> dict | None:
     """Demo only (INPUT_DIR/demo_events.csv lists every call placed): the share of pseudo
     positives with a call of their species in the window, for windows voted on by every fold
     model (`all_models`, the test recordings) and by fewer (`fewer_models`)."""
@@ -131,15 +144,13 @@ def precision_vs_events(table: pd.DataFrame, input_dir, n_folds: int) -> dict | 
     if not path.is_file():
         return None
     events = pd.read_csv(path, dtype={"recording_id": str})
-    calls = events[events["kind"] == "call"].assign(cls="s" + events["species_id"].astype(str))
-    by_key = {key: grp for key, grp in calls.groupby(["recording_id", "cls"])}
+    calls = events[events["kind"] == "call"]
+    calls = calls.assign(**{"class": "s" + calls["species_id"].astype(str)})
     pos = table[table["label"] > 0]
-    right = np.array([key in by_key and overlap_hit(by_key[key]["t_min"].to_numpy(),
-                                                    by_key[key]["t_max"].to_numpy(), t0, t1).any()
-                      for key, t0, t1 in zip(zip(pos["recording_id"], pos["class"]),
-                                             pos["t_start"], pos["t_end"])], dtype=bool)
+    _, right = match_events(calls, pos, min_overlap)
     full = (pos["n_models"] == n_folds).to_numpy()
-    return {name: {"windows": int(mask.sum()), "precision": float(right[mask].mean()) if mask.any() else None}
+    return {name: {"windows": int(mask.sum()),
+                   "precision": float(right[mask].mean()) if mask.any() else None}
             for name, mask in (("all_models", full), ("fewer_models", ~full))}
 
 
@@ -161,7 +172,7 @@ def summarise(cfg, prep, table, probs, plan, n_folds: int) -> dict:
             if rid in row:
                 pred[row[rid], index[cls]] = 1
         out["test_recording_f1"] = metrics.f1_at(truth, pred, 0.5)
-    checked = precision_vs_events(table, cfg.input_dir, n_folds)
+    checked = precision_vs_events(table, cfg.input_dir, n_folds, cfg.min_overlap)
     if checked is not None:
         out["precision_vs_events"] = checked
     return out
