@@ -4,7 +4,8 @@ Each recording is cut into `windows_per_minute` overlapping windows per 60 s (8 
 as the recipe), each as long as the models' training crop. A (window, species) is a pseudo
 positive where at least `min_votes` of the fold models give p >= `threshold`. A model never
 votes on a recording it trained on (its run's trained_on.csv), so a train recording is voted
-on by the one fold model that held it out; the votes needed scale with the models allowed:
+on by the one fold model that held it out (FP-only recordings too: each has a fold, whose
+models skip it; they hold most of RFCx's unannotated calls); the votes needed scale with the models allowed:
 ceil(min_votes * allowed / n_folds). Where every fold model votes (the test recordings),
 `consensus_threshold` may replace `threshold`: several held-out models agreeing are stronger
 evidence than one (demo, against every call placed: 3 of 3 models at 0.65 were right on 96 %
@@ -154,6 +155,16 @@ def precision_vs_events(table: pd.DataFrame, input_dir, n_folds: int,
             for name, mask in (("all_models", full), ("fewer_models", ~full))}
 
 
+def positives_on(pos: pd.DataFrame, prep) -> dict:
+    """Pseudo-positive windows on test recordings, train recordings with TP rows and
+    FP-only train recordings (calls nobody annotated; each held out by one fold model)."""
+    has_tp = set(prep.folds.loc[prep.folds["has_tp"].astype(bool), "recording_id"])
+    rid = pos["recording_id"]
+    test = rid.isin(set(prep.ids("test")))
+    tp = rid.isin(has_tp)
+    return {"test": int(test.sum()), "train_tp": int(tp.sum()), "train_fp_only": int((~test & ~tp).sum())}
+
+
 def summarise(cfg, prep, table, probs, plan, n_folds: int) -> dict:
     pos = table[table["label"] > 0]
     voted = set(probs)
@@ -161,7 +172,8 @@ def summarise(cfg, prep, table, probs, plan, n_folds: int) -> dict:
            "recordings_voted": len(voted), "recordings_without_model": len(set(plan) - voted),
            "recall_vs_tp": agreement(table, prep.annotations, 1, cfg.min_overlap, voted),
            "fp_rate_vs_fp": agreement(table, prep.annotations, -1, cfg.min_overlap, voted),
-           "positives_per_class": {c: int((pos["class"] == c).sum()) for c in prep.classes}}
+           "positives_per_class": {c: int((pos["class"] == c).sum()) for c in prep.classes},
+           "positives_on": positives_on(pos, prep)}
     found = prep.test_truth(cfg.input_dir)
     if found is not None:  # demo: recording-level quality of the test pseudo positives
         ids, truth = found
@@ -208,10 +220,13 @@ def main(cfg: CFG) -> dict:
     checked = summary.get("precision_vs_events", {})
     for name, part in checked.items():  # demo: flat figures for summary.json
         headline[f"precision_vs_events_{name}"] = part["precision"]
+    headline.update({f"positives_{k}": v for k, v in summary["positives_on"].items()})
     runs.update_summary(cfg.work_dir, "pseudo", {**headline, "tag": run_dir.name})
     events = "".join(f", {name} {part['windows']} windows {part['precision']:.2f} right vs calls"
                      for name, part in checked.items() if part["windows"])
-    print(f"pseudo {run_dir.name}: {summary['positives']} positive windows from "
+    on = summary["positives_on"]
+    print(f"pseudo {run_dir.name}: {summary['positives']} positive windows ({on['test']} test, "
+          f"{on['train_tp']} train with TP, {on['train_fp_only']} FP-only) from "
           f"{cfg.source}/{src_dir.name}; recall vs TP {summary['recall_vs_tp']:.3f}, "
           f"FP rate vs FP {summary['fp_rate_vs_fp']:.3f}{events} [{summary['seconds']:.0f}s]",
           flush=True)

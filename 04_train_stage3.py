@@ -100,13 +100,14 @@ def load_pseudo(cfg: CFG) -> tuple[pd.DataFrame | None, str]:
 
 
 def make_fold(cfg: CFG, prep, fold: int, init_dir, pseudo, device):
-    train_ids, val_ids = split_fold(prep.folds, fold)
+    train_ids, _ = split_fold(prep.folds, fold)
     ann = prep.annotations[prep.annotations["recording_id"].isin(train_ids)]
     tp_rows = ann[ann["label"] > 0]
     fp_rows = ann[ann["label"] < 0]
     fold_pseudo, n_real_tp = None, len(tp_rows)
-    if pseudo is not None:  # never train on the fold's validation recordings, pseudo or not
-        fold_pseudo = pseudo[~pseudo["recording_id"].isin(val_ids)]
+    if pseudo is not None:  # never train on the fold's recordings (validated or held out), pseudo or not
+        held = set(prep.folds["recording_id"]) - train_ids
+        fold_pseudo = pseudo[~pseudo["recording_id"].isin(held)]
         if cfg.pseudo_in_tp_stream:
             tp_rows = tp_stream(tp_rows, fold_pseudo[fold_pseudo["label"] > 0], cfg.real_tp_share)
     rows = pd.concat([tp_rows, fp_rows], ignore_index=True)

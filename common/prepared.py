@@ -19,7 +19,7 @@ class Prepared:
     sample_rate: int
     recordings: pd.DataFrame   # recording_id, split, duration, n_samples, ...
     annotations: pd.DataFrame  # the annotation table
-    folds: pd.DataFrame        # recording_id, fold (-1 = always training), has_tp
+    folds: pd.DataFrame        # recording_id, fold (FP-only: held out, never validated), has_tp
     cache: WaveCache
     layout: str = "rfcx"       # rfcx | birdclef (classes.json)
     soundscapes: pd.DataFrame | None = None  # BirdCLEF: row_id, recording_id, t_min, t_max, birds

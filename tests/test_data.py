@@ -114,7 +114,9 @@ def test_make_folds_by_recording_stratified():
     assert tp_rows["has_tp"].all()
     fp_rows = folds[~folds["recording_id"].isin(tp_ids)]
     assert len(fp_rows) == 12
-    assert (fp_rows["fold"] == -1).all() and not fp_rows["has_tp"].any()
+    assert not fp_rows["has_tp"].any()
+    assert set(fp_rows["fold"]) == set(range(5))  # held out by one fold each, 12 over 5 folds
+    assert fp_rows["fold"].value_counts().max() <= 3
     # stratification: every species is validated in every fold, about evenly
     fold_of = dict(zip(folds["recording_id"], folds["fold"]))
     tp = ann[ann["label"] > 0].drop_duplicates(["recording_id", "class"])
@@ -136,18 +138,39 @@ def test_make_folds_is_deterministic_for_a_seed():
 def test_split_fold_disjoint_and_covering():
     ann, classes = synthetic_annotations()
     folds = make_folds(ann, classes, n_folds=4, seed=1)
-    fp_only = set(folds.loc[folds["fold"] == -1, "recording_id"])
+    fp_only = set(folds.loc[~folds["has_tp"], "recording_id"])
     every = set(folds["recording_id"])
-    vals = []
+    vals, held = [], []
     for k in range(4):
         train, val = split_fold(folds, k)
         assert train.isdisjoint(val)
-        assert train | val == every
-        assert fp_only <= train  # FP-only recordings always train
-        assert val and val.isdisjoint(fp_only)
+        assert val and val.isdisjoint(fp_only)  # FP-only recordings are never validated
+        out = every - train - val  # the fold's FP-only recordings: neither trained nor validated
+        assert out and out <= fp_only
         vals.append(val)
+        held.append(out)
     assert set().union(*vals) == every - fp_only
     assert sum(len(v) for v in vals) == len(every - fp_only)  # each validated once
+    assert set().union(*held) == fp_only and sum(map(len, held)) == len(fp_only)  # each held out once
+
+
+def test_split_fold_keeps_unfolded_fp_only_recordings_in_training():
+    """A preprocessing run from before FP-only recordings had folds (fold -1) still works:
+    they train in every fold."""
+    ann, classes = synthetic_annotations()
+    folds = make_folds(ann, classes, n_folds=4, seed=1)
+    folds.loc[~folds["has_tp"], "fold"] = -1
+    fp_only = set(folds.loc[~folds["has_tp"], "recording_id"])
+    for k in range(4):
+        train, val = split_fold(folds, k)
+        assert fp_only <= train and train | val == set(folds["recording_id"])
+
+
+def test_make_folds_deals_fewer_fp_only_recordings_than_folds():
+    ann, classes = synthetic_annotations(n_fp_only=2)
+    folds = make_folds(ann, classes, n_folds=5, seed=0)
+    fp = folds[~folds["has_tp"]]
+    assert len(fp) == 2 and fp["fold"].between(0, 4).all() and fp["fold"].is_unique
 
 
 def test_make_folds_too_few_recordings():

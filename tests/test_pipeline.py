@@ -67,7 +67,7 @@ def test_preprocess_reports_corrupt_file_and_caches_the_rest(pipeline, tiny_demo
     folds = pd.read_csv(run / "folds.csv")
     assert folds["recording_id"].is_unique
     fp_only = folds[~folds["has_tp"]]
-    assert (fp_only["fold"] == -1).all()
+    assert len(fp_only) and fp_only["fold"].between(0, folds["fold"].max()).all()
     assert json.loads((run / "classes.json").read_text())["classes"] == [f"s{i}" for i in range(24)]
 
 
@@ -116,6 +116,19 @@ def test_stage2_pseudo_stage3_chain(pipeline):
         assert 0 <= summary[section]["cv_lwlrap"] <= 1
     for key in ("positives", "recall_vs_tp", "fp_rate_vs_fp"):
         assert key in summary["pseudo"]
+    pseudo_summary = json.loads((pseudo / "summary.json").read_text())
+    assert pseudo_summary["recordings_without_model"] == 0  # FP-only recordings too have a voter
+    assert sum(pseudo_summary["positives_on"].values()) == pseudo_summary["positives"]
+    folds = pd.read_csv(only_run(work, "preprocess") / "folds.csv", dtype={"recording_id": str})
+    fp_only = folds[~folds["has_tp"]]
+    for run in (s2, s3):  # fold k's models never train on fold k's FP-only recordings, others do
+        seen = pd.read_csv(run / "trained_on.csv", dtype={"recording_id": str})
+        for fold, part in fp_only.groupby("fold"):
+            ids = set(part["recording_id"])
+            assert ids.isdisjoint(seen.loc[seen["fold"] == fold, "recording_id"])
+            assert ids <= set(seen.loc[seen["fold"] != fold, "recording_id"])
+    fp_windows = table[table["recording_id"].astype(str).isin(set(fp_only["recording_id"]))]
+    assert (fp_windows["n_models"] == 1).all()
     trained = pd.read_csv(s3 / "trained_on.csv")
     test_ids = set(pd.read_csv(only_run(work, "preprocess") / "recordings.csv")
                    .query("split == 'test'")["recording_id"].astype(str))
