@@ -36,9 +36,11 @@ demo: install
 # More pseudo-label rounds after `make demo`: each round labels with the latest stage-3
 # models and fine-tunes them further (make rounds ROUNDS=2).
 ROUNDS ?= 1
+# extra flags for 03 in each round, e.g. PSEUDO_ARGS="--threshold=0.95 --consensus_threshold=0.9"
+PSEUDO_ARGS ?=
 rounds: install
 	@for r in $$(seq 2 $$(( $(ROUNDS) + 1 ))); do \
-	  $(PYTHON) 03_pseudo_label.py --source=stage3 $(ARGS) && \
+	  $(PYTHON) 03_pseudo_label.py --source=stage3 $(ARGS) $(PSEUDO_ARGS) && \
 	  $(PYTHON) 04_train_stage3.py --stage=stage3 --init_from=stage3 $(ARGS) --memo="round $$r" || exit 1; \
 	done; $(PYTHON) -m common.report --work_dir=$(WORK_DIR)
 
