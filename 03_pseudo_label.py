@@ -4,11 +4,11 @@ Each recording is cut into `windows_per_minute` overlapping windows per 60 s (8 
 as the recipe), each as long as the models' training crop. A (window, species) is a pseudo
 positive where at least `min_votes` of the fold models give p >= `threshold`. A model never
 votes on a recording it trained on (its run's trained_on.csv), so a train recording is voted
-on by the one fold model that held it out (FP-only recordings too: each has a fold, whose
-models skip it; they hold most of RFCx's unannotated calls); the votes needed scale with the models allowed:
-ceil(min_votes * allowed / n_folds). Where every fold model votes (the test recordings),
-`consensus_threshold` may replace `threshold`: several held-out models agreeing are stronger
-evidence than one (demo, against every call placed: 3 of 3 models at 0.65 were right on 96 %
+on by the one fold model that held it out (FP-only recordings too: each has a fold whose
+models skip it; they hold most of RFCx's unannotated calls); the votes needed scale with the
+models allowed: ceil(min_votes * allowed / n_folds). Where every fold model votes (the test
+recordings), `consensus_threshold` may replace `threshold`: several held-out models agreeing
+are stronger evidence than one (demo, against every call placed: 3 of 3 models at 0.65 were right on 96 %
 of their test windows, one model at 0.85 on 86 % of its train windows, at 0.65-0.7 on about
 half). Pseudo negatives (every allowed model below `neg_threshold`) are optional and off by
 default (the recipe found they hurt).
@@ -156,8 +156,8 @@ def precision_vs_events(table: pd.DataFrame, input_dir, n_folds: int,
 
 
 def positives_on(pos: pd.DataFrame, prep) -> dict:
-    """Pseudo-positive windows on test recordings, train recordings with TP rows and
-    FP-only train recordings (calls nobody annotated; each held out by one fold model)."""
+    """Pseudo-positive windows on test recordings, train recordings with TP rows and the
+    other train recordings (FP-only: calls nobody annotated, each held out by one fold)."""
     has_tp = set(prep.folds.loc[prep.folds["has_tp"].astype(bool), "recording_id"])
     rid = pos["recording_id"]
     test = rid.isin(set(prep.ids("test")))
