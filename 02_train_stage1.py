@@ -16,6 +16,7 @@ Examples:
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -67,7 +68,9 @@ class CFG:
     batch_size: int = 20
     lr: float = 1e-3               # Adam
     t_max: int = 10                # CosineAnnealingLR period, epochs
-    crops_per_row: int = 1         # crops drawn per TP row per epoch
+    crops_per_row: int = 1         # crops drawn per TP row per epoch (at least)
+    min_epoch_steps: int = 0       # floor on optimizer steps per epoch: rows are drawn more
+                                   # often when the data is small (0 = off, the recipe)
     min_overlap: float = 0.5       # s of an event inside a crop for it to label the crop
     max_per_class: int = 0         # data ablation: training recordings per class at most; 0 = all
     clip_chunks: int = 4           # BirdCLEF: anchors per clip, spread over it (x crops_per_row)
@@ -87,6 +90,16 @@ def stage1_targets(labels: torch.Tensor) -> torch.Tensor:
     return (labels > 0).float()
 
 
+def crops_per_row(cfg: CFG, n_rows: int, fold: int) -> int:
+    """crops_per_row, raised so that an epoch has at least min_epoch_steps batches: 200 and
+    5,000 TP rows both get enough optimizer steps over the same number of epochs."""
+    need = math.ceil(cfg.min_epoch_steps * cfg.batch_size / max(n_rows, 1))
+    if need > cfg.crops_per_row:
+        print(f"fold {fold}: {n_rows} anchor rows, {need} crops per row per epoch "
+              f"(min_epoch_steps={cfg.min_epoch_steps} at batch {cfg.batch_size})", flush=True)
+    return max(cfg.crops_per_row, need)
+
+
 def make_fold(cfg: CFG, prep, fold: int, mcfg: dict, device):
     train_ids, _ = split_fold(prep.folds, fold)
     ann = prep.annotations
@@ -96,7 +109,7 @@ def make_fold(cfg: CFG, prep, fold: int, mcfg: dict, device):
     rows = cap_per_class(rows, cfg.max_per_class, cfg.seed + fold)
     if prep.layout == "birdclef":
         rows = clip_anchors(rows, cfg.crop_seconds, cfg.clip_chunks)
-    rows = rows.loc[rows.index.repeat(cfg.crops_per_row)]
+    rows = rows.loc[rows.index.repeat(crops_per_row(cfg, len(rows), fold))]
     dataset = CropDataset(rows, ann[ann["label"] > 0], prep.cache, prep.classes, prep.sample_rate,
                           cfg.crop_seconds, prep.durations, seed=cfg.seed + fold,
                           min_overlap=cfg.min_overlap)

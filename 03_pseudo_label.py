@@ -1,26 +1,38 @@
-"""Pseudo labels: fold models vote on overlapping windows of every train and test recording.
+"""Pseudo labels: fold models vote on overlapping windows of train and test recordings.
 
-Each recording is cut into `windows_per_minute` overlapping windows per 60 s (8 by default,
-as the recipe), each as long as the models' training crop. A (window, species) is a pseudo
-positive where at least `min_votes` of the fold models give p >= `threshold`. A model never
-votes on a recording it trained on (its run's trained_on.csv), so a train recording is voted
-on by the one fold model that held it out (FP-only recordings too: each has a fold whose
-models skip it; they hold most of RFCx's unannotated calls); the votes needed scale with the
-models allowed: ceil(min_votes * allowed / n_folds). Where every fold model votes (the test
-recordings), `consensus_threshold` may replace `threshold`: several held-out models agreeing
-are stronger evidence than one (demo, against every call placed: 3 of 3 models at 0.65 were right on 96 %
-of their test windows, one model at 0.85 on 86 % of its train windows, at 0.65-0.7 on about
-half). Pseudo negatives (every allowed model below `neg_threshold`) are optional and off by
-default (the recipe found they hurt).
+Each recording is cut into windows as long as the models' training crop, every
+`infer_stride_seconds` (0: half a window), the last one flush with the end, so the whole
+recording is covered for any crop length. A (window, species) is a pseudo positive where
+enough allowed models give p >= the species' threshold.
 
-Reads  the fold checkpoints of a stage-1/2/3 run (--source=stage2 --source_tag=latest).
+Honest CV (common/provenance.py): the rows that fold k's next stage may train on are voted
+only by models that never trained on fold k's validation recordings (in one level of
+k-fold CV: fold k's own model), so stage-3 CV is not lifted by labels that came from its
+own validation set. Every row records its `voters` and the `fold` it was made for; 04
+re-checks the provenance from the voters' trained_on.csv and counts what it drops. A model
+never votes on a recording whose annotations it trained on (`vote_on_trained` allows it);
+test recordings carry no annotations, so a later round's models vote on them again.
+
+Per-species thresholds (`target_precision`): on the source run's OOF predictions (each
+validation recording scored by the model that held it out, against its TP rows), the lowest
+threshold at which the species' OOF precision reaches the target; a species with fewer than
+`min_class_positives` OOF positives takes the threshold pooled over all species; a species
+whose OOF precision never reaches the target gets no pseudo labels. The sparse TP truth
+counts unannotated calls as wrong, so the OOF precision is a lower bound. `threshold` is the
+floor of every threshold (and the only one with target_precision 0). Pseudo negatives
+(every voter below `neg_threshold`) are optional and off by default (the recipe found they
+hurt).
+
+Reads  the fold checkpoints, oof.csv and trained_on.csv of a stage-1/2/3 run
+       (--source=stage2 --source_tag=latest).
 Writes WORK_DIR/pseudo/<tag>/: pseudo_labels.csv (recording_id, window, t_start, t_end,
-       class, score, votes, n_models, label), summary.json, manifest.json; pseudo.* figures
-       in WORK_DIR/summary.json.
+       class, score, votes, n_models, voters, fold, label), thresholds.csv (per species:
+       threshold, OOF precision and positives, windows), summary.json, manifest.json;
+       pseudo.* figures in WORK_DIR/summary.json.
 
 Examples:
     python 03_pseudo_label.py --cfg_file=profiles/demo.json
-    python 03_pseudo_label.py --source=stage1 --min_votes=2 --threshold=0.6
+    python 03_pseudo_label.py --source=stage1 --target_precision=0 --threshold=0.6
 """
 from __future__ import annotations
 
@@ -32,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common import metrics, paths, runs
+from common import metrics, paths, provenance, runs
 from common.cli import ConfigError, cfg_dict, run
 from common.data import overlap_hit
 from common.infer import predict_windows, resolve_device
@@ -47,67 +59,115 @@ class CFG:
     source: str = "stage2"         # stage whose fold models vote: stage1 | stage2 | stage3
     source_tag: str = "latest"
     tag: str = ""
-    windows_per_minute: int = 8    # overlapping windows per 60 s of recording
-    threshold: float = 0.5         # a vote: p >= threshold
-    consensus_threshold: float = 0.0  # the vote threshold where all n_folds models vote (test
-                                   # recordings); 0 = `threshold`
+    infer_stride_seconds: float = 0.0  # window stride, s; 0 = half the window
+    target_precision: float = 0.9  # per-species threshold: lowest with this OOF precision;
+                                   # 0 = `threshold` for every species
+    threshold: float = 0.5         # a vote: p >= threshold (the floor of per-species ones)
+    min_class_positives: int = 5   # OOF positives a species needs for a threshold of its own
     min_votes: int = 3             # votes needed when all n_folds models may vote
+    vote_on_trained: bool = False  # a model may also label annotated recordings it trained on
     pseudo_negatives: bool = False
-    neg_threshold: float = 0.05    # pseudo negative: every allowed model below this
+    neg_threshold: float = 0.05    # pseudo negative: every voter below this
     min_overlap: float = 0.5       # s, to match a pseudo window with a TP/FP box (summary)
     infer_batch: int = 64
     device: str = "auto"
 
 
-def window_plan(duration: float, window_s: float, per_minute: int) -> np.ndarray:
-    """Window starts (s): round(per_minute * duration / 60) windows, evenly spaced."""
-    n = max(1, int(round(per_minute * duration / 60.0)))
-    return np.linspace(0.0, max(duration - window_s, 0.0), n)
+def window_plan(duration: float, window_s: float, stride_s: float) -> np.ndarray:
+    """Window starts (s) covering [0, duration): evenly spaced at most `stride_s` apart, the
+    first at 0 and the last flush with the end; one window for a recording shorter than it."""
+    span = max(duration - window_s, 0.0)
+    n = 1 if span <= 1e-9 else int(math.ceil(span / max(stride_s, 1e-6) - 1e-9)) + 1
+    return np.linspace(0.0, span, n)
 
 
-def eligible_folds(rid: str, folds: list, seen: dict) -> list:
-    """Folds whose model never trained on recording `rid`."""
-    return [f for f in folds if rid not in seen[f]]
-
-
-def vote(probs: np.ndarray, threshold: float, min_votes: int, n_folds: int,
-         consensus_threshold: float = 0.0) -> tuple:
-    """probs (M, W, K) of M allowed models -> (positive (W, K) bool, votes (W, K)). With all
-    n_folds models allowed, a vote is p >= consensus_threshold when that is set."""
-    if consensus_threshold > 0 and probs.shape[0] == n_folds:
-        threshold = consensus_threshold
-    votes = (probs >= threshold).sum(axis=0)
+def vote(probs: np.ndarray, threshold, min_votes: int, n_folds: int) -> tuple:
+    """probs (M, W, K) of M allowed models -> (positive (W, K) bool, votes (W, K)).
+    `threshold` is a scalar or per species (K,); the votes needed scale with the models
+    allowed: ceil(min_votes * M / n_folds)."""
+    votes = (probs >= np.asarray(threshold)).sum(axis=0)
     needed = math.ceil(min_votes * probs.shape[0] / n_folds)
     return votes >= needed, votes
 
 
-def predict_all(cfg, src_dir, folds, prep, plan, seen, window, device) -> dict:
-    """{recording_id: (M, W, K) probabilities of the allowed fold models}."""
-    out = {rid: [] for rid in plan}
+def class_thresholds(oof: np.ndarray, truth: np.ndarray, target: float, floor: float,
+                     min_positives: int) -> pd.DataFrame:
+    """Per species (rows in class order): threshold, OOF precision at it, OOF positives.
+    oof (N, K) probabilities of held-out models, truth (N, K) 0/1. The threshold is the
+    lowest OOF score at which precision (of scores >= it) reaches `target`, at least
+    `floor`; pooled over species for those with < min_positives positives; inf where the
+    target is never reached. target 0: `floor` everywhere."""
+    k = oof.shape[1]
+    if target <= 0:
+        return pd.DataFrame({"threshold": np.full(k, floor), "oof_precision": np.nan,
+                             "oof_positives": truth.sum(axis=0).astype(int), "rule": "fixed"})
+    pooled, pooled_prec = _lowest_at_precision(oof.ravel(), truth.ravel(), target, floor)
+    rows = []
+    for c in range(k):
+        n_pos = int(truth[:, c].sum())
+        if n_pos < min_positives:
+            t = pooled
+            hit = oof[:, c] >= t
+            prec = float(truth[hit, c].mean()) if hit.any() else pooled_prec
+            rows.append((t, prec, n_pos, "pooled"))
+        else:
+            t, prec = _lowest_at_precision(oof[:, c], truth[:, c], target, floor)
+            rows.append((t, prec, n_pos, "species"))
+    return pd.DataFrame(rows, columns=["threshold", "oof_precision", "oof_positives", "rule"])
+
+
+def _lowest_at_precision(score: np.ndarray, truth: np.ndarray, target: float,
+                         floor: float) -> tuple[float, float]:
+    """(lowest threshold >= floor whose precision reaches target, that precision); (inf, nan)
+    when none does."""
+    order = np.argsort(-score, kind="stable")
+    s, y = score[order], truth[order] > 0
+    precision = np.cumsum(y) / np.arange(1, len(y) + 1)
+    ok = (precision >= target) & (s >= floor) & y  # a threshold at a true positive's score
+    if not ok.any():
+        return math.inf, math.nan
+    i = int(np.flatnonzero(ok)[-1])
+    return float(s[i]), float(precision[i])
+
+
+def predict_all(cfg, src_dir, folds, prep, plan, may, window, device) -> dict:
+    """{fold model j: {recording_id: (W, K) probabilities}} on the recordings j may label
+    (`may[j]`, a set)."""
+    out = {}
     for fold in folds:
-        ids = [rid for rid in plan if rid not in seen[fold]]
+        ids = [rid for rid in plan if rid in may[fold]]
         model, _ = load_checkpoint(src_dir / f"fold{fold}.pth", device)
         starts = [[int(round(s * prep.sample_rate)) for s in plan[rid]] for rid in ids]
         logits = predict_windows(model, prep.cache, ids, window, window, cfg.infer_batch,
                                  device, progress=None, starts=starts)
-        for rid, lg in zip(ids, logits):
-            out[rid].append(metrics.sigmoid(lg))
-    return {rid: np.stack(p) for rid, p in out.items() if p}
+        out[fold] = {rid: metrics.sigmoid(lg) for rid, lg in zip(ids, logits)}
+    return out
 
 
-def build_table(cfg, prep, plan, probs, window_s, n_folds) -> pd.DataFrame:
+def build_table(cfg, prep, plan, probs, window_s, n_folds, thresholds, clean) -> pd.DataFrame:
+    """Rows for each fold k: on every recording fold k may train on, the votes of the clean
+    voters of k that may label it (see the module docstring)."""
     rows = []
-    for rid, p in probs.items():
-        pos, votes = vote(p, cfg.threshold, cfg.min_votes, n_folds, cfg.consensus_threshold)
-        neg = (p < cfg.neg_threshold).all(axis=0) if cfg.pseudo_negatives else np.zeros_like(pos)
-        score = p.mean(axis=0)
-        for w, k in zip(*np.nonzero(pos | neg)):
-            start = float(plan[rid][w])
-            rows.append((rid, int(w), round(start, 3), round(start + window_s, 3),
-                         prep.classes[k], float(score[w, k]), int(votes[w, k]), p.shape[0],
-                         1 if pos[w, k] else -1))
+    for k, voters_k in clean.items():
+        excluded = provenance.excluded_ids(prep.folds, k)
+        for rid in plan:
+            if rid in excluded:
+                continue
+            voters = [j for j in voters_k if rid in probs[j]]
+            if not voters:
+                continue
+            p = np.stack([probs[j][rid] for j in voters])
+            pos, votes = vote(p, thresholds, cfg.min_votes, n_folds)
+            neg = (p < cfg.neg_threshold).all(axis=0) if cfg.pseudo_negatives else np.zeros_like(pos)
+            score = p.mean(axis=0)
+            who = provenance.join_voters(voters)
+            for w, c in zip(*np.nonzero(pos | neg)):
+                start = float(plan[rid][w])
+                rows.append((rid, int(w), round(start, 3), round(start + window_s, 3),
+                             prep.classes[c], float(score[w, c]), int(votes[w, c]), len(voters),
+                             who, k, 1 if pos[w, c] else -1))
     return pd.DataFrame(rows, columns=["recording_id", "window", "t_start", "t_end", "class",
-                                       "score", "votes", "n_models", "label"])
+                                       "score", "votes", "n_models", "voters", "fold", "label"])
 
 
 def match_events(events: pd.DataFrame, windows: pd.DataFrame, min_overlap: float) -> tuple:
@@ -165,14 +225,19 @@ def positives_on(pos: pd.DataFrame, prep) -> dict:
     return {"test": int(test.sum()), "train_tp": int(tp.sum()), "train_fp_only": int((~test & ~tp).sum())}
 
 
-def summarise(cfg, prep, table, probs, plan, n_folds: int) -> dict:
+def summarise(cfg, prep, table, probs, plan, n_folds: int, thresholds: pd.DataFrame) -> dict:
     pos = table[table["label"] > 0]
-    voted = set(probs)
+    voted = set().union(*(set(p) for p in probs.values()))
+    per_class = pos["class"].value_counts()
+    thresholds = thresholds.assign(windows=[int(per_class.get(c, 0)) for c in prep.classes])
     out = {"positives": int(len(pos)), "negatives": int((table["label"] < 0).sum()),
            "recordings_voted": len(voted), "recordings_without_model": len(set(plan) - voted),
            "recall_vs_tp": agreement(table, prep.annotations, 1, cfg.min_overlap, voted),
            "fp_rate_vs_fp": agreement(table, prep.annotations, -1, cfg.min_overlap, voted),
-           "positives_per_class": {c: int((pos["class"] == c).sum()) for c in prep.classes},
+           "positives_per_class": {c: int(per_class.get(c, 0)) for c in prep.classes},
+           "positives_per_fold": {int(k): int(v) for k, v in pos["fold"].value_counts().items()},
+           "species_without_labels": [c for c, t in zip(prep.classes, thresholds["threshold"])
+                                      if not np.isfinite(t)],
            "positives_on": positives_on(pos, prep)}
     found = prep.test_truth(cfg.input_dir)
     if found is not None:  # demo: recording-level quality of the test pseudo positives
@@ -187,7 +252,28 @@ def summarise(cfg, prep, table, probs, plan, n_folds: int) -> dict:
     checked = precision_vs_events(table, cfg.input_dir, n_folds, cfg.min_overlap)
     if checked is not None:
         out["precision_vs_events"] = checked
-    return out
+    return out, thresholds
+
+
+def oof_thresholds(cfg, src_dir, prep) -> pd.DataFrame:
+    """Per-species vote thresholds from the source run's OOF predictions (class_thresholds)."""
+    oof = pd.read_csv(src_dir / "oof.csv", dtype={"recording_id": str})
+    ids = oof["recording_id"].tolist()
+    probs = metrics.sigmoid(oof[prep.classes].to_numpy(np.float64))
+    table = class_thresholds(probs, prep.tp_matrix(ids), cfg.target_precision, cfg.threshold,
+                             cfg.min_class_positives)
+    table.insert(0, "class", prep.classes)
+    return table
+
+
+def print_thresholds(table: pd.DataFrame) -> None:
+    """One line per species: threshold, OOF precision behind it, windows made."""
+    print("species  threshold  OOF precision  OOF positives  rule     windows", flush=True)
+    for cls, t, prec, n_pos, rule, n in zip(*(table[c] for c in (
+            "class", "threshold", "oof_precision", "oof_positives", "rule", "windows"))):
+        t = f"{t:.3f}" if np.isfinite(t) else "none"
+        prec = f"{prec:.2f}" if np.isfinite(prec) else "-"
+        print(f"{cls:<8} {t:>9}  {prec:>13}  {n_pos:>13}  {rule:<7}  {n:>7}", flush=True)
 
 
 def main(cfg: CFG) -> dict:
@@ -199,22 +285,33 @@ def main(cfg: CFG) -> dict:
         raise ConfigError(f"min_votes={cfg.min_votes} but {src_dir} has {len(folds)} fold models")
     trained = pd.read_csv(src_dir / "trained_on.csv", dtype={"recording_id": str})
     seen = {f: set(trained.loc[trained["fold"] == f, "recording_id"]) for f in folds}
+    annotated = set(prep.annotations["recording_id"])
     window_s = float(mcfg["crop_seconds"])
     window = int(round(window_s * prep.sample_rate))
-    durations = prep.durations
-    plan = {rid: window_plan(durations[rid], window_s, cfg.windows_per_minute)
+    stride_s = cfg.infer_stride_seconds or window_s / 2
+    plan = {rid: window_plan(prep.durations[rid], window_s, stride_s)
             for rid in prep.ids("train") + prep.ids("test")}
+    clean = {k: provenance.clean_voters(seen, prep.folds, k) for k in folds}
+    may = {j: {rid for rid in plan if provenance.may_vote(seen[j] & annotated, rid,
+                                                          cfg.vote_on_trained)}
+           for j in sorted(set().union(*clean.values()))}
+    thresholds = oof_thresholds(cfg, src_dir, prep)
     run_dir = runs.start_run(cfg.work_dir, "pseudo", cfg.tag)
     inputs = {"preprocess": prep.run_dir.name, "source": f"{cfg.source}/{src_dir.name}"}
     runs.write_manifest(run_dir, "pseudo", cfg_dict(cfg), inputs, [], {}, finished=False)
-    probs = predict_all(cfg, src_dir, folds, prep, plan, seen, window, device)
-    table = build_table(cfg, prep, plan, probs, window_s, n_folds)
+    probs = predict_all(cfg, src_dir, sorted(may), prep, plan, may, window, device)
+    table = build_table(cfg, prep, plan, probs, window_s, n_folds,
+                        thresholds["threshold"].to_numpy(float), clean)
     runs.save_csv(run_dir / "pseudo_labels.csv", table)
-    summary = summarise(cfg, prep, table, probs, plan, n_folds)
+    summary, thresholds = summarise(cfg, prep, table, probs, plan, n_folds, thresholds)
+    runs.save_csv(run_dir / "thresholds.csv", thresholds)
+    print_thresholds(thresholds)
+    summary["clean_voters"] = {int(k): v for k, v in clean.items()}
     summary["seconds"] = round(time.time() - tic, 1)
     runs.save_json(run_dir / "summary.json", summary)
     runs.write_manifest(run_dir, "pseudo", cfg_dict(cfg), inputs,
-                        ["pseudo_labels.csv", "summary.json"], summary, finished=True)
+                        ["pseudo_labels.csv", "thresholds.csv", "summary.json"], summary,
+                        finished=True)
     headline = {k: summary[k] for k in ("positives", "negatives", "recall_vs_tp",
                                          "fp_rate_vs_fp", "seconds")}
     checked = summary.get("precision_vs_events", {})
@@ -226,8 +323,10 @@ def main(cfg: CFG) -> dict:
                      for name, part in checked.items() if part["windows"])
     on = summary["positives_on"]
     print(f"pseudo {run_dir.name}: {summary['positives']} positive windows ({on['test']} test, "
-          f"{on['train_tp']} train with TP, {on['train_fp_only']} FP-only) from "
-          f"{cfg.source}/{src_dir.name}; recall vs TP {summary['recall_vs_tp']:.3f}, "
+          f"{on['train_tp']} train with TP, {on['train_fp_only']} FP-only; per fold "
+          f"{summary['positives_per_fold']}, voters per fold {summary['clean_voters']}) from "
+          f"{cfg.source}/{src_dir.name}; {len(summary['species_without_labels'])} species below "
+          f"the target precision; recall vs TP {summary['recall_vs_tp']:.3f}, "
           f"FP rate vs FP {summary['fp_rate_vs_fp']:.3f}{events} [{summary['seconds']:.0f}s]",
           flush=True)
     return summary

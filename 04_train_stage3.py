@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from common import dist, paths, runs, stage
+from common import dist, paths, provenance, runs, stage
 from common.cli import cfg_dict, run
 from common.data import CropDataset, split_fold
 from common.losses import masked_focal_loss
@@ -71,6 +71,8 @@ class CFG:
     mix_negative: bool = False     # also mix the negative term by lambda
     # schedule
     epochs: int = 5
+    min_epoch_steps: int = 0       # floor on batches per epoch (an epoch is #real TP rows //
+                                   # tp_per_batch batches, at least this); 0 = off, the recipe
     lr: float = 1e-3
     t_max: int = 10
     min_overlap: float = 0.5
@@ -89,25 +91,38 @@ class CFG:
         return self.tp_per_batch + self.fp_per_batch
 
 
-def load_pseudo(cfg: CFG) -> tuple[pd.DataFrame | None, str]:
-    """Pseudo rows as annotation-table rows (class, t_min, t_max, label), or None."""
+def load_pseudo(cfg: CFG) -> tuple[pd.DataFrame | None, str, dict]:
+    """Pseudo rows as annotation-table rows (class, t_min, t_max, label, voters), the pseudo
+    run's tag and what its voters trained on ({fold: recording ids}, from the voting run's
+    trained_on.csv: 04 checks the provenance itself, see common/provenance.py)."""
     if not cfg.pseudo:
-        return None, ""
+        return None, "", {}
     run_dir = runs.find_run(cfg.work_dir, "pseudo", cfg.pseudo)
-    table = pd.read_csv(run_dir / "pseudo_labels.csv", dtype={"recording_id": str})
+    table = pd.read_csv(run_dir / "pseudo_labels.csv", dtype={"recording_id": str, "voters": str})
     table = table.rename(columns={"t_start": "t_min", "t_end": "t_max"})
-    return table[["recording_id", "class", "t_min", "t_max", "label"]], run_dir.name
+    source = runs.read_manifest(run_dir)["inputs"]["source"]
+    stage_name, _, tag = source.partition("/")
+    trained = pd.read_csv(runs.find_run(cfg.work_dir, stage_name, tag) / "trained_on.csv",
+                          dtype={"recording_id": str})
+    seen = {int(f): set(g["recording_id"]) for f, g in trained.groupby("fold")}
+    keep = [c for c in ("recording_id", "class", "t_min", "t_max", "label", "voters")
+            if c in table.columns]
+    return table[keep], run_dir.name, seen
 
 
-def make_fold(cfg: CFG, prep, fold: int, init_dir, pseudo, device):
+def make_fold(cfg: CFG, prep, fold: int, init_dir, pseudo, voters_seen: dict, device):
     train_ids, _ = split_fold(prep.folds, fold)
     ann = prep.annotations[prep.annotations["recording_id"].isin(train_ids)]
     tp_rows = ann[ann["label"] > 0]
     fp_rows = ann[ann["label"] < 0]
     fold_pseudo, n_real_tp = None, len(tp_rows)
-    if pseudo is not None:  # never train on the fold's recordings (validated or held out), pseudo or not
-        held = set(prep.folds["recording_id"]) - train_ids
-        fold_pseudo = pseudo[~pseudo["recording_id"].isin(held)]
+    if pseudo is not None:  # only rows whose voters never saw fold k's validation labels
+        clean = provenance.clean_voters(voters_seen, prep.folds, fold)
+        fold_pseudo, dropped = provenance.clean_rows(pseudo, fold, clean, prep.folds)
+        print(f"fold {fold}: {int((fold_pseudo['label'] > 0).sum())} pseudo-positive windows "
+              f"from clean voters {clean}; {dropped} rows dropped (voted by a model that "
+              "trained on this fold's validation recordings, or on its own recordings)",
+              flush=True)
         if cfg.pseudo_in_tp_stream:
             tp_rows = tp_stream(tp_rows, fold_pseudo[fold_pseudo["label"] > 0], cfg.real_tp_share)
     rows = pd.concat([tp_rows, fp_rows], ignore_index=True)
@@ -115,7 +130,8 @@ def make_fold(cfg: CFG, prep, fold: int, init_dir, pseudo, device):
                           prep.durations, seed=cfg.seed + fold, min_overlap=cfg.min_overlap,
                           pseudo=fold_pseudo, pseudo_overlap=cfg.pseudo_overlap)
     sampler = TwoStreamSampler(len(tp_rows), len(fp_rows), cfg.tp_per_batch, cfg.fp_per_batch,
-                               seed=cfg.seed + fold, tp_epoch_rows=n_real_tp)
+                               seed=cfg.seed + fold, tp_epoch_rows=n_real_tp,
+                               min_batches=cfg.min_epoch_steps)
 
     rng = {}  # mixup draws: a pure function of (seed, fold, epoch), so a resumed run repeats them
 
@@ -162,7 +178,7 @@ def main(cfg: CFG) -> dict:
     cfg.crop_seconds = cfg.crop_seconds or mcfg["crop_seconds"]
     stage.check_crop(cfg.crop_seconds, prep)
     folds = stage.fold_list(cfg.folds or init_folds, int(prep.folds["fold"].max()) + 1)
-    pseudo, pseudo_tag = load_pseudo(cfg)
+    pseudo, pseudo_tag, voters_seen = load_pseudo(cfg)
     inputs = {"preprocess": prep.run_dir.name, "init": f"{cfg.init_from}/{init_dir.name}",
               "pseudo": pseudo_tag}
     run_dir, resumed = dist.from_main(lambda: runs.begin_run(
@@ -171,11 +187,19 @@ def main(cfg: CFG) -> dict:
     print(f"{cfg.stage} {run_dir.name}{' (resumed)' if resumed else ''}: from {cfg.init_from}/"
           f"{init_dir.name}, {n_pseudo} pseudo-positive windows, folds {folds}", flush=True)
     results = stage.train_folds(cfg, prep, folds, run_dir, device,
-                                lambda fold: make_fold(cfg, prep, fold, init_dir, pseudo, device))
+                                lambda fold: make_fold(cfg, prep, fold, init_dir, pseudo, voters_seen,
+                                                          device))
     if not dist.is_main():
         return {}  # rank 0 scores the test set and writes every artifact
     out = stage.finish_run(cfg, prep, cfg.stage, run_dir, results, mcfg, inputs, device, tic,
                            "focal" + ("+mixup" if cfg.mixup else ""))
+    init_cv = runs.read_manifest(init_dir).get("metrics", {}).get("cv_lwlrap")
+    note = ""
+    if init_cv is not None and out["cv_lwlrap"] < init_cv:  # a stage that does not help says so
+        note = (f"{cfg.stage} CV {out['cv_lwlrap']:.4f} is below the {cfg.init_from} run it "
+                f"started from ({init_cv:.4f}): on honest CV this stage does not help here")
+        print(f"NOTE: {note}", flush=True)
+    runs.update_summary(cfg.work_dir, cfg.stage, {"below_init": note})
     line = f"{cfg.stage} CV LWLRAP {out['cv_lwlrap']:.4f}  CV F1@0.5 {out['cv_f1']:.4f}"
     if "test_lwlrap" in out:
         line += f"  | demo test LWLRAP {out['test_lwlrap']:.4f}"

@@ -1,13 +1,19 @@
 """Ensemble: test inference of every run and fold, blending, submission, detections, report.
 
 Per run (a finished stage1/2/3 run): each fold model scores every test recording in windows
-of its training crop (max over windows of the clip logit); folds are averaged weighted by
-their CV LWLRAP, as the recipe. Runs are blended (`blend`, see common/blend.py): `align`
-(logits standardised per run, then averaged: 5th place RFCx), `rank` (mean per-class rank)
-or `oof` (align with weights fitted on the runs' common OOF recordings). Optional prior
-rescaling per species (odds' = f * odds) is applied to each run before blending; the report
-shows the test score with and without it. The framewise outputs (mean over folds and runs,
-on the first run's frame grid) give the event table and Raven selection tables.
+of its training crop every `infer_stride_seconds` (default: the stride of the run's own OOF
+scores, so OOF and test scores are alike); max over windows of the clip logit; folds are
+averaged weighted by their CV LWLRAP, as the recipe. With `calibrate` (default) each run's
+logits are Platt-scaled per class on its OOF predictions (common/calibration.py), so the
+classes of one recording compare on one scale; the CV figures use calibrators fitted on the
+other folds. Runs are blended (`blend`, see common/blend.py): `align` (averaged; without
+calibration standardised per run first: 5th place RFCx), `rank` (mean per-class rank) or
+`oof` (align with weights fitted on the runs' common OOF recordings). The test prior is
+estimated by EM (Saerens et al. 2002) on the calibrated blend and applied when a simulation
+on skewed resamples of the OOF recordings says it helps (`prior_scaling=auto`); priors.csv
+lists it next to the training prior. A run whose CV is below the best run's is named in
+the report. The framewise outputs (mean over folds and runs, on the first run's frame
+grid) give the event table and Raven selection tables.
 
 Reads  the runs' folders (fold{k}.pth, oof.csv, metrics.json, manifest.json), their
        preprocessing runs, INPUT_DIR/sample_submission.csv and test_truth.csv (demo).
@@ -17,7 +23,7 @@ Writes WORK_DIR/ensemble/<tag>/: submission.csv, test_<stage>_<run>.csv (fold-bl
 
 Examples:
     python 05_ensemble.py                                         # latest stage-3 run
-    python 05_ensemble.py --runs=stage3/latest,stage1/latest --blend=oof --prior_scaling=estimate
+    python 05_ensemble.py --runs=stage3/latest,stage1/latest --blend=oof --prior_scaling=auto
     python 05_ensemble.py --runs=stage1/latest --detect=false --n_pictures=0   # quick
 """
 from __future__ import annotations
@@ -31,12 +37,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from common import blend, detect, metrics, paths, plots, report, runs, stage
+from common import blend, calibration, detect, metrics, paths, plots, report, runs, stage
 from common.cli import ConfigError, cfg_dict, run
 from common.infer import frame_count, predict_frames, resample_frames, resolve_device
 from common.prepared import load_prepared
 from common.sed import load_checkpoint
 
+PRIOR_MODES = ("auto", "em", "none")
 CHUNK = 128  # recordings per inference call: bounds the memory of their frame tracks
 
 
@@ -49,9 +56,11 @@ class CFG:
     tag: str = ""                  # this run's tag; default: a timestamp
     blend: str = "align"           # align | rank | oof
     oof_steps: int = 10            # oof: weights are multiples of 1/oof_steps
-    prior_scaling: str = "none"    # none | estimate (test prior = mean test prediction)
-    #                                | path of a CSV with columns class,prior
-    stride_seconds: float = 0.0    # test window stride, s; 0 = each run's crop (no overlap)
+    calibrate: bool = True         # per-class Platt scaling of each run on its OOF predictions
+    prior_scaling: str = "auto"    # test prior by EM (Saerens 2002) on calibrated scores:
+    #   auto (applied only when the skewed-OOF simulation says it helps) | em | none
+    #   | path of a CSV with columns class,prior
+    infer_stride_seconds: float = 0.0  # test window stride, s; 0 = each run's own OOF stride
     detect: bool = True            # framewise tracks of all test recordings -> detections, Raven
     event_threshold: float = 0.5   # frame probability an event must reach
     min_event_seconds: float = 0.3  # shorter events are dropped, s
@@ -87,11 +96,14 @@ def load_run(run_dir: Path) -> dict:
         raise ConfigError(f"{run_dir}: checkpoints of folds {missing} are missing")
     ckpt = torch.load(run_dir / f"fold{folds[0]}.pth", map_location="cpu", weights_only=False)
     fold_cv = {int(k): float(v) for k, v in result.get("fold_lwlrap", {}).items()}
+    config = manifest.get("config", {})  # the stride its OOF scores were made at
+    oof_stride = config.get("infer_stride_seconds") or config.get("val_stride_seconds") or 0.0
     oof = pd.read_csv(run_dir / "oof.csv", dtype={"recording_id": str})
     return {"dir": run_dir, "name": f"{manifest['stage']}/{run_dir.name}",
             "mcfg": ckpt["model_cfg"], "preprocess": manifest["inputs"]["preprocess"],
             "folds": folds, "fold_weights": [fold_cv.get(f, 1.0) for f in folds],
-            "cv_lwlrap": result.get("cv_lwlrap"), "oof": oof.set_index("recording_id")}
+            "cv_lwlrap": result.get("cv_lwlrap"), "oof": oof.set_index("recording_id"),
+            "oof_stride": float(oof_stride)}
 
 
 def get_prep(cfg: CFG, cache: dict, tag: str):
@@ -102,21 +114,37 @@ def get_prep(cfg: CFG, cache: dict, tag: str):
 
 # ----------------------------------------------------------------------------- OOF blend
 def fit_blend(cfg: CFG, infos: list, prep) -> dict:
-    """Run weights (fitted for `oof`, else equal) and the blend's OOF LWLRAP on the
-    recordings common to every run's oof.csv."""
+    """Per run: its calibrator (fitted on all its OOF) and cross-fitted calibrated OOF logits
+    (each fold calibrated by the other folds: an honest CV). Then run weights (fitted for
+    `oof`, else equal), the blend's OOF LWLRAP on the recordings common to every run's
+    oof.csv, and the skewed-prior simulation that decides the EM prior correction."""
     common = sorted(set.intersection(*(set(i["oof"].index) for i in infos)))
-    oofs = [i["oof"].loc[common, prep.classes].to_numpy(np.float64) for i in infos]
     truth = prep.tp_matrix(common)
-    for info, oof in zip(infos, oofs):
-        info["oof_common"] = metrics.lwlrap(truth, oof) if common else float("nan")
+    fold_of = dict(zip(prep.folds["recording_id"], prep.folds["fold"]))
+    groups = np.array([fold_of.get(r, -1) for r in common])
+    oofs = []
+    for info in infos:
+        raw = info["oof"].loc[common, prep.classes].to_numpy(np.float64)
+        info["oof_common"] = metrics.lwlrap(truth, raw) if common else float("nan")
+        if cfg.calibrate and common:
+            own = info["oof"][prep.classes].to_numpy(np.float64)
+            info["calibrator"] = calibration.fit(own, prep.tp_matrix(list(info["oof"].index)))
+            raw = calibration.cross_fit(raw, truth, groups)
+            info["oof_common_cal"] = metrics.lwlrap(truth, raw)
+        oofs.append(raw)
     weights = np.full(len(infos), 1.0 / len(infos))
     if cfg.blend == "oof":
         if not truth.any():
             raise ConfigError("blend=oof: no OOF recording with a TP label is common to all runs "
                               f"({[i['name'] for i in infos]}); use --blend=align")
-        weights, _ = blend.fit_oof_weights(oofs, truth, cfg.oof_steps)
-    cv = metrics.lwlrap(truth, blend.blend(cfg.blend, oofs, weights)) if common else float("nan")
-    return {"weights": weights, "cv_lwlrap": cv, "n_common": len(common)}
+        weights, _ = blend.fit_oof_weights(oofs, truth, cfg.oof_steps, calibrated=cfg.calibrate)
+    blended = blend.blend(cfg.blend, oofs, weights, calibrated=cfg.calibrate)
+    cv = metrics.lwlrap(truth, blended) if common else float("nan")
+    out = {"weights": weights, "cv_lwlrap": cv, "n_common": len(common)}
+    if cfg.calibrate and common:
+        out["train_prior"] = metrics.sigmoid(blended).mean(axis=0)
+        out["shift_simulation"] = calibration.simulate_shift(blended, truth)
+    return out
 
 
 # ----------------------------------------------------------------------------- inference
@@ -126,7 +154,8 @@ def infer_run(cfg: CFG, info: dict, prep, ids: list, tracks: dict, grid: dict,
     recording in `tracks` (on `grid`) into `tracks` in place."""
     mcfg = info["mcfg"]
     window = int(round(mcfg["crop_seconds"] * prep.sample_rate))
-    stride = int(round((cfg.stride_seconds or mcfg["crop_seconds"]) * prep.sample_rate))
+    stride_s = cfg.infer_stride_seconds or info["oof_stride"] or mcfg["crop_seconds"]
+    stride = int(round(stride_s * prep.sample_rate))
     hop_s = mcfg["hop_length"] / prep.sample_rate
     logits = 0.0
     weights = np.asarray(info["fold_weights"]) / np.sum(info["fold_weights"])
@@ -142,9 +171,13 @@ def infer_run(cfg: CFG, info: dict, prep, ids: list, tracks: dict, grid: dict,
                 if rid in tracks:  # float32 throughout: a full RFCx test set is ~1 GB of tracks
                     track = resample_frames(track, hop_s, grid["n"][rid], grid["hop_s"])
                     tracks[rid] += float(run_weight * w) * track
-        logits = logits + w * np.concatenate(parts)
+        logits = logits + w * (np.concatenate(parts) if parts else
+                               np.zeros((0, len(prep.classes))))
         print(f"  {info['name']} fold {fold}: {len(ids)} test recordings scored", flush=True)
-    return logits
+    info["test_raw"] = np.asarray(logits, np.float64)
+    # the calibration is affine per class, so calibrating the fold mean equals averaging
+    # the calibrated folds: the OOF (one model) and test (fold mean) scores stay alike
+    return info["calibrator"].apply(logits) if "calibrator" in info else info["test_raw"]
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -199,35 +232,46 @@ def report_rows(cfg: CFG, infos: list, fitted: dict, found, ids: list, out: dict
         row = {"run": info["name"], "backbone": info["mcfg"]["backbone"],
                "resolution": stage.resolution(info["mcfg"]), "folds": len(info["folds"]),
                "weight": float(w), "cv_lwlrap": info["cv_lwlrap"],
-               "oof_common": info["oof_common"],
-               **score_test(found, ids, info["test"], metrics.sigmoid(info["test"]))}
-        if cfg.prior_scaling != "none" and found is not None:
-            row["test_lwlrap_prior"] = score_test(found, ids, info["test_prior"])["test_lwlrap"]
+               "oof_common": info["oof_common"], "oof_calibrated": info.get("oof_common_cal"),
+               **score_test(found, ids, info["test_raw"], metrics.sigmoid(info["test"]))}
+        if "calibrator" in info and found is not None:
+            row["test_lwlrap_calibrated"] = score_test(found, ids, info["test"])["test_lwlrap"]
         rows.append(row)
     row = {"run": f"blend ({cfg.blend})", "weight": 1.0, "resolution": "",
            "backbone": "+".join(sorted({r["backbone"] for r in rows})),
            "folds": sum(r["folds"] for r in rows if r["weight"] > 0),
            "cv_lwlrap": fitted["cv_lwlrap"], "oof_common": fitted["cv_lwlrap"],
            **score_test(found, ids, out["plain"], out["probs"])}
-    if cfg.prior_scaling != "none" and found is not None:
+    if out.get("prior_applied") is not None and found is not None:
         row["test_lwlrap_prior"] = score_test(found, ids, out["scaled"])["test_lwlrap"]
     return rows + [row]
 
 
+def weaker_runs(infos: list, weights) -> list[str]:
+    """One line per run whose (calibrated) OOF LWLRAP is below the best run's: a stage that
+    does not help on honest CV says so instead of hiding in the blend."""
+    key = "oof_common_cal" if "oof_common_cal" in infos[0] else "oof_common"
+    best = max(infos, key=lambda i: i[key])
+    return [f"{i['name']}: CV {i[key]:.4f} is below {best['name']}'s {best[key]:.4f} "
+            f"(blend weight {w:.2f})" for i, w in zip(infos, weights) if i[key] < best[key]]
+
+
 def render_report(cfg: CFG, rows: list, facts: dict) -> str:
     cols = [c for c in ("run", "backbone", "resolution", "folds", "weight", "cv_lwlrap",
-                        "oof_common", "test_lwlrap", "test_lwlrap_prior", "test_f1")
+                        "oof_common", "oof_calibrated", "test_lwlrap", "test_lwlrap_calibrated",
+                        "test_lwlrap_prior", "test_f1")
             if any(c in r for r in rows)]
     fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else "" if v is None else str(v)  # noqa
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
-    notes = [f"- blend: {cfg.blend}; prior scaling: {cfg.prior_scaling}",
+    notes = [f"- blend: {cfg.blend}; calibration: {cfg.calibrate}; prior scaling: "
+             f"{cfg.prior_scaling} ({facts.get('prior_note', 'off')})",
              f"- oof_common: OOF LWLRAP on the {facts['n_common']} recordings in every run's "
-             "oof.csv (the blend's CV); cv_lwlrap of a run: its own metrics.json",
+             "oof.csv; oof_calibrated: the same after per-class Platt scaling fitted on the "
+             "other folds (the blend's CV uses it); cv_lwlrap of a run: its own metrics.json",
              "- test_f1: F1@0.5 of sigmoid(logits); for the blend, of the weighted mean of the "
              "runs' probabilities (blended z-scores or ranks are no probabilities)"]
-    if cfg.blend == "rank" and cfg.prior_scaling != "none":
-        notes.append("- a per-class factor does not change per-class ranks: no prior effect")
+    notes += [f"- weaker than the best run on CV: {line}" for line in facts.get("weaker", [])]
     if "test_prevalence_baseline" in facts:
         notes.append(f"- test prevalence baseline LWLRAP: {facts['test_prevalence_baseline']:.4f}")
     if facts.get("filled"):
@@ -240,22 +284,42 @@ def render_report(cfg: CFG, rows: list, facts: dict) -> str:
 def check_cfg(cfg: CFG) -> None:
     if cfg.blend not in blend.BLENDS:
         raise ConfigError(f"blend={cfg.blend!r}: choose one of {', '.join(blend.BLENDS)}")
-    if cfg.prior_scaling not in ("none", "estimate") and not Path(cfg.prior_scaling).is_file():
-        raise ConfigError(f"prior_scaling={cfg.prior_scaling!r}: use none, estimate, or the path "
-                          "of a CSV with columns class,prior")
+    if cfg.prior_scaling not in PRIOR_MODES and not Path(cfg.prior_scaling).is_file():
+        raise ConfigError(f"prior_scaling={cfg.prior_scaling!r}: use {', '.join(PRIOR_MODES)}, "
+                          "or the path of a CSV with columns class,prior")
+    if cfg.prior_scaling != "none" and (not cfg.calibrate or cfg.blend == "rank"):
+        raise ConfigError(f"prior_scaling={cfg.prior_scaling!r} needs calibrated probabilities: "
+                          "use --calibrate=true and blend align or oof, or --prior_scaling=none")
     if not 0 < cfg.event_threshold < 1 or cfg.oof_steps < 1:
         raise ConfigError("event_threshold must lie in (0, 1) and oof_steps be >= 1")
 
 
-def blend_test(cfg: CFG, infos: list, weights, classes: list) -> dict:
-    """Blended test scores without and with prior rescaling, and blended probabilities."""
-    for info in infos:
-        factor = blend.prior_factor_of(cfg.prior_scaling, info["oof"][classes].to_numpy(),
-                                       info["test"], classes)
-        info["test_prior"] = blend.rescale_logits(info["test"], factor)
-    return {"plain": blend.blend(cfg.blend, [i["test"] for i in infos], weights),
-            "scaled": blend.blend(cfg.blend, [i["test_prior"] for i in infos], weights),
-            "probs": blend.weighted_mean([metrics.sigmoid(i["test"]) for i in infos], weights)}
+def blend_test(cfg: CFG, infos: list, fitted: dict, classes: list) -> dict:
+    """Blended test scores without (`plain`) and with (`scaled`) the test-prior correction,
+    blended probabilities, and the prior facts (estimated next to the training prior)."""
+    weights = fitted["weights"]
+    plain = blend.blend(cfg.blend, [i["test"] for i in infos], weights, calibrated=cfg.calibrate)
+    out = {"plain": plain, "scaled": plain, "prior_applied": None, "prior_note": "off",
+           "probs": blend.weighted_mean([metrics.sigmoid(i["test"]) for i in infos], weights)}
+    if cfg.prior_scaling == "none" or not len(plain) or "train_prior" not in fitted:
+        return out
+    train_prior = fitted["train_prior"]
+    if cfg.prior_scaling in ("auto", "em"):
+        test_prior = calibration.em_prior(metrics.sigmoid(plain), train_prior)
+    else:
+        test_prior = blend.load_priors(cfg.prior_scaling, classes)
+    sim = fitted.get("shift_simulation", {})
+    apply = cfg.prior_scaling != "auto" or bool(sim.get("apply"))
+    out["scaled"] = calibration.shift_logits(plain, train_prior, test_prior) if apply else plain
+    out["prior_applied"] = apply
+    out["priors"] = pd.DataFrame({"class": classes, "train_prior": train_prior,
+                                  "test_prior": test_prior})
+    gain = sim.get("em_gain", float("nan"))
+    out["prior_note"] = (f"{'applied' if apply else 'not applied'}; on skewed OOF resamples "
+                         f"EM changed LWLRAP by {gain:+.4f}, prior error "
+                         f"{sim.get('prior_error', float('nan')):.4f} vs "
+                         f"{sim.get('prior_error_train', float('nan')):.4f} for the training prior")
+    return out
 
 
 def load_inputs(cfg: CFG) -> tuple:
@@ -275,15 +339,24 @@ def write_outputs(cfg: CFG, run_dir: Path, prep, infos: list, fitted: dict, trac
                   grid: dict) -> tuple:
     """Submission, detections, pictures, report; returns (report rows, facts, files)."""
     ids = prep.ids("test")
-    out = blend_test(cfg, infos, fitted["weights"], prep.classes)
-    final = out["plain"] if cfg.prior_scaling == "none" else out["scaled"]
+    out = blend_test(cfg, infos, fitted, prep.classes)
+    final = out["scaled"]
+    if "priors" in out:
+        runs.save_csv(run_dir / "priors.csv", out["priors"])
+        top = out["priors"].sort_values("test_prior", ascending=False).head(8)
+        print("test prior (EM) vs training prior, top species: " + ", ".join(
+            f"{c} {t:.3f}/{p:.3f}" for c, t, p in zip(top["class"], top["test_prior"],
+                                                      top["train_prior"])), flush=True)
+        print(f"prior correction: {out['prior_note']}", flush=True)
     sample = blend.read_sample(Path(cfg.input_dir) / "sample_submission.csv", ids, prep.classes)
     sub, filled = blend.make_submission(ids, final, prep.classes, sample)
     blend.check_submission(sub, sample)
     runs.save_csv(run_dir / "submission.csv", sub)
     found = prep.test_truth(cfg.input_dir)
     rows = report_rows(cfg, infos, fitted, found, ids, out)
-    facts = {"n_common": fitted["n_common"], "filled": filled}
+    facts = {"n_common": fitted["n_common"], "filled": filled, "prior_note": out["prior_note"],
+             "weaker": weaker_runs(infos, fitted["weights"]),
+             "shift_simulation": fitted.get("shift_simulation")}
     if found is not None:
         facts["test_prevalence_baseline"] = metrics.prevalence_baseline(found[1])
     files = ["submission.csv", "report.md", "report.json"] + \

@@ -8,8 +8,7 @@ All score arrays are (N, K) logits over the same recordings in the same order.
   It drops each class's base rate, which LWLRAP (a ranking within each row) relies on, so
   it usually scores below `align` on RFCx; it is there to compare.
 - `oof`: `align` with non-negative weights summing to 1, fitted to maximise the OOF LWLRAP.
-Prior rescaling (RFCx 1st and 9th place): odds' = f * p / (1 - p) per species, with
-f = prior odds on test / odds of the model's mean training (OOF) prediction.
+Calibration and the test prior: common/calibration.py.
 """
 from __future__ import annotations
 
@@ -48,13 +47,19 @@ def class_ranks(x: np.ndarray) -> np.ndarray:
     return rankdata(np.asarray(x, dtype=np.float64), axis=0) / max(len(x), 1)
 
 
-def blend(method: str, preds: list, weights=None) -> np.ndarray:
-    """Blend per-run (N, K) logits; `weights` (default equal) for `oof` (and any method)."""
+def blend(method: str, preds: list, weights=None, calibrated: bool = False) -> np.ndarray:
+    """Blend per-run (N, K) logits; `weights` (default equal) for `oof` (and any method).
+    `calibrated` logits (common/calibration.py) are on one scale already: `align` and `oof`
+    average them as they are, so the blend stays a calibrated log odds."""
     if method not in BLENDS:
         raise ConfigError(f"blend={method!r}: choose one of {', '.join(BLENDS)}")
     weights = np.ones(len(preds)) if weights is None else weights
-    transform = class_ranks if method == "rank" else standardise
+    transform = class_ranks if method == "rank" else _identity if calibrated else standardise
     return weighted_mean([transform(p) for p in preds], weights)
+
+
+def _identity(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x, dtype=np.float64)
 
 
 # ----------------------------------------------------------------------------- OOF weights
@@ -79,7 +84,7 @@ def simplex_grid(m: int, steps: int) -> np.ndarray:
 
 
 def fit_oof_weights(oofs: list, truth: np.ndarray, steps: int = 10,
-                    max_grid: int = 3000) -> tuple[np.ndarray, float]:
+                    max_grid: int = 3000, calibrated: bool = False) -> tuple[np.ndarray, float]:
     """Weights (M,) >= 0 summing to 1 maximising the LWLRAP of blend('oof', oofs, w).
 
     A full simplex grid (step 1/steps) when it has at most `max_grid` points, else a
@@ -87,7 +92,7 @@ def fit_oof_weights(oofs: list, truth: np.ndarray, steps: int = 10,
     the best of the single runs and the equal blend. Each single run is always a candidate,
     so the result is never below the best single run on these OOF predictions.
     """
-    z = np.stack([standardise(o) for o in oofs])             # (M, N, K)
+    z = np.stack([_identity(o) if calibrated else standardise(o) for o in oofs])  # (M, N, K)
     fast = lambda w: fast_lwlrap(truth, np.tensordot(w, z, axes=1))  # noqa: E731
     exact = lambda w: metrics.lwlrap(truth, np.tensordot(w, z, axes=1))  # noqa: E731
     m = len(oofs)
@@ -123,36 +128,11 @@ def _coordinate_search(score, starts: list, steps: int, rounds: int = 50) -> np.
 
 
 # ----------------------------------------------------------------------------- priors
-def prior_factor(train_mean: np.ndarray, test_prior: np.ndarray, eps: float = 1e-4) -> np.ndarray:
-    """f = test odds / train odds per class (probabilities clipped to [eps, 1 - eps])."""
-    odds = lambda p: (q := np.clip(np.asarray(p, np.float64), eps, 1 - eps)) / (1 - q)  # noqa: E731
-    return odds(test_prior) / odds(train_mean)
-
-
-def rescale_logits(logits: np.ndarray, factor: np.ndarray) -> np.ndarray:
-    """odds' = f * p / (1 - p), i.e. logit' = logit + log f (per class, broadcast over rows)."""
-    return np.asarray(logits, dtype=np.float64) + np.log(np.asarray(factor, dtype=np.float64))
-
-
-def prior_factor_of(mode: str, oof_logits: np.ndarray, test_logits: np.ndarray,
-                    classes: list) -> np.ndarray:
-    """Per-class f of one run: `none` -> ones; the train odds are those of the run's mean OOF
-    probability; the test prior is the mean test probability (`estimate`) or a CSV path."""
-    if mode == "none":
-        return np.ones(len(classes))
-    train_mean = metrics.sigmoid(oof_logits).mean(axis=0)
-    if mode == "estimate":
-        test_prior = metrics.sigmoid(test_logits).mean(axis=0)
-    else:
-        test_prior = load_priors(mode, classes)
-    return prior_factor(train_mean, test_prior)
-
-
 def load_priors(path, classes: list) -> np.ndarray:
     """(K,) test priors from a CSV with columns class,prior (every class, 0 < prior < 1)."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"prior_scaling={str(path)!r}: use none, estimate, or a CSV path "
+        raise ConfigError(f"prior_scaling={str(path)!r}: use none, auto, em, or a CSV path "
                           "with columns class,prior")
     table = pd.read_csv(path, dtype={"class": str})
     if not {"class", "prior"} <= set(table.columns):

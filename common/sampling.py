@@ -32,15 +32,18 @@ class TwoStreamSampler(torch.utils.data.Sampler):
     """Yields lists of dataset indices: TP rows are 0..n_tp-1, FP rows n_tp..n_tp+n_fp-1."""
 
     def __init__(self, n_tp: int, n_fp: int, tp_per_batch: int, fp_per_batch: int, seed: int = 0,
-                 tp_epoch_rows: int | None = None):
+                 tp_epoch_rows: int | None = None, min_batches: int = 0):
         """`tp_epoch_rows` (< n_tp) sets the epoch to tp_epoch_rows // tp_per_batch batches
         and draws the TP stream endlessly too: stage 3 adds thousands of pseudo-positive
-        windows to the TP stream but keeps the recipe's epoch length (#TP rows)."""
+        windows to the TP stream but keeps the recipe's epoch length (#TP rows).
+        `min_batches` is a floor on the batches of an epoch (small data: more steps, the TP
+        stream drawn endlessly as well)."""
         if n_tp < tp_per_batch or tp_per_batch < 1:
             raise ValueError(f"{n_tp} TP rows cannot fill batches of {tp_per_batch} TP rows")
         self.n_tp, self.n_fp = n_tp, n_fp
         self.tp_epoch_rows = min(tp_epoch_rows or n_tp, n_tp)
         self.tp_per_batch = tp_per_batch
+        self.min_batches = int(min_batches)
         self.fp_per_batch = fp_per_batch if n_fp > 0 else 0
         self.seed, self.epoch = seed, 0
         # under torchrun each rank keeps a disjoint part of both streams of every batch
@@ -53,11 +56,11 @@ class TwoStreamSampler(torch.utils.data.Sampler):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.tp_epoch_rows // self.tp_per_batch
+        return max(self.tp_epoch_rows // self.tp_per_batch, self.min_batches)
 
     def __iter__(self):
         n_batches = len(self)
-        if self.tp_epoch_rows == self.n_tp:
+        if self.tp_epoch_rows == self.n_tp and n_batches * self.tp_per_batch <= self.n_tp:
             tp = np.random.default_rng([self.seed, 1_000_003, self.epoch]).permutation(self.n_tp)
         else:
             count = n_batches * self.tp_per_batch

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+from common import provenance
 from common.demo import DemoSpec, write_rfcx_demo
 from common.sed import load_checkpoint
 from tests.conftest import run_script
@@ -39,7 +40,7 @@ def pipeline(tiny_demo):
     logs["02"] = run_script("02_train_stage1", *TRAIN, *io).stdout
     logs["04s2"] = run_script("04_train_stage3", "--stage=stage2", *TRAIN, *io).stdout
     logs["03"] = run_script("03_pseudo_label", "--cfg_file=profiles/demo.json", "--min_votes=2",
-                            "--threshold=0.3", "--consensus_threshold=0.3",
+                            "--threshold=0.3", "--target_precision=0",
                             *io).stdout
     logs["04s3"] = run_script("04_train_stage3", *TRAIN, *io).stdout
     logs["05"] = run_script("05_ensemble", "--cfg_file=profiles/demo.json",
@@ -108,9 +109,9 @@ def test_stage2_pseudo_stage3_chain(pipeline):
     pseudo = only_run(work, "pseudo")
     assert json.loads((s3 / "manifest.json").read_text())["inputs"]["pseudo"] == pseudo.name
     assert json.loads((pseudo / "manifest.json").read_text())["inputs"]["source"] == f"stage2/{s2.name}"
-    table = pd.read_csv(pseudo / "pseudo_labels.csv")
+    table = pd.read_csv(pseudo / "pseudo_labels.csv", dtype={"recording_id": str, "voters": str})
     assert list(table.columns) == ["recording_id", "window", "t_start", "t_end", "class",
-                                   "score", "votes", "n_models", "label"]
+                                   "score", "votes", "n_models", "voters", "fold", "label"]
     summary = json.loads((work / "summary.json").read_text())
     for section in ("stage2", "stage3"):
         assert 0 <= summary[section]["cv_lwlrap"] <= 1
@@ -119,6 +120,7 @@ def test_stage2_pseudo_stage3_chain(pipeline):
     pseudo_summary = json.loads((pseudo / "summary.json").read_text())
     assert pseudo_summary["recordings_without_model"] == 0  # FP-only recordings too have a voter
     assert sum(pseudo_summary["positives_on"].values()) == pseudo_summary["positives"]
+    assert (pseudo / "thresholds.csv").is_file()
     folds = pd.read_csv(only_run(work, "preprocess") / "folds.csv", dtype={"recording_id": str})
     fp_only = folds[~folds["has_tp"]]
     for run in (s2, s3):  # fold k's models never train on fold k's FP-only recordings, others do
@@ -127,14 +129,59 @@ def test_stage2_pseudo_stage3_chain(pipeline):
             ids = set(part["recording_id"])
             assert ids.isdisjoint(seen.loc[seen["fold"] == fold, "recording_id"])
             assert ids <= set(seen.loc[seen["fold"] != fold, "recording_id"])
-    fp_windows = table[table["recording_id"].astype(str).isin(set(fp_only["recording_id"]))]
-    assert (fp_windows["n_models"] == 1).all()
-    trained = pd.read_csv(s3 / "trained_on.csv")
-    test_ids = set(pd.read_csv(only_run(work, "preprocess") / "recordings.csv")
-                   .query("split == 'test'")["recording_id"].astype(str))
-    pseudo_test = set(table.loc[table["label"] > 0, "recording_id"].astype(str)) & test_ids
+    trained = pd.read_csv(s3 / "trained_on.csv", dtype={"recording_id": str})
+    test_ids = set(pd.read_csv(only_run(work, "preprocess") / "recordings.csv", dtype={"recording_id": str})
+                   .query("split == 'test'")["recording_id"])
+    pseudo_test = set(table.loc[table["label"] > 0, "recording_id"]) & test_ids
     # stage 3 trains on the test recordings that got pseudo positives
-    assert pseudo_test and pseudo_test <= set(trained["recording_id"].astype(str))
+    assert pseudo_test and pseudo_test <= set(trained["recording_id"])
+
+
+def test_pseudo_provenance_is_clean_for_every_fold(pipeline):
+    """Built from trained_on.csv and the voters alone: no pseudo row that fold k's stage 3
+    trained on was voted by a model that trained on a validation recording of fold k."""
+    work, _ = pipeline
+    s2, s3 = only_run(work, "stage2"), only_run(work, "stage3")
+    table = pd.read_csv(only_run(work, "pseudo") / "pseudo_labels.csv",
+                        dtype={"recording_id": str, "voters": str})
+    folds = pd.read_csv(only_run(work, "preprocess") / "folds.csv", dtype={"recording_id": str})
+    seen = pd.read_csv(s2 / "trained_on.csv", dtype={"recording_id": str})
+    seen = {f: set(g["recording_id"]) for f, g in seen.groupby("fold")}
+    s3_seen = pd.read_csv(s3 / "trained_on.csv", dtype={"recording_id": str})
+    assert len(table)
+    total = 0
+    for k in sorted(folds["fold"].unique()):
+        val = set(folds.loc[(folds["fold"] == k) & folds["has_tp"], "recording_id"])
+        voters_of = {j for j in seen if seen[j] & val}  # models that carry fold k's labels
+        kept, dropped = provenance.clean_rows(table, k, provenance.clean_voters(seen, folds, k),
+                                              folds)
+        for voters in kept["voters"]:
+            assert not (provenance.split_voters(voters) & voters_of)
+        assert dropped > 0  # the other folds' rows are not clean for fold k
+        fold_ids = set(s3_seen.loc[s3_seen["fold"] == k, "recording_id"])
+        total += len(kept)
+        assert not (val & fold_ids)
+    assert total > 0
+
+
+def test_second_round_keeps_votes_on_test_recordings(pipeline, tiny_demo):
+    """make rounds: stage-3 models trained on test recordings (their own pseudo labels) vote
+    on them again; eligibility follows label provenance, not trained_on.csv alone."""
+    work, _ = pipeline
+    root, data = tiny_demo
+    io = [f"--input_dir={data}", f"--work_dir={work}"]
+    run_script("03_pseudo_label", "--cfg_file=profiles/demo.json", "--source=stage3",
+               "--min_votes=2", "--threshold=0.3", "--target_precision=0", "--tag=round2", *io)
+    table = pd.read_csv(work / "pseudo" / "round2" / "pseudo_labels.csv",
+                        dtype={"recording_id": str})
+    test_ids = set(pd.read_csv(only_run(work, "preprocess") / "recordings.csv",
+                               dtype={"recording_id": str}).query("split == 'test'")["recording_id"])
+    s3_seen = set(pd.read_csv(only_run(work, "stage3") / "trained_on.csv",
+                              dtype={"recording_id": str})["recording_id"])
+    summary = json.loads((work / "pseudo" / "round2" / "summary.json").read_text())
+    assert test_ids & s3_seen  # round 1 trained on test recordings ...
+    assert summary["recordings_without_model"] == 0  # ... and they still get voters
+    assert set(table["recording_id"]) & test_ids & s3_seen
 
 
 def test_ensemble_writes_a_checked_submission(pipeline, tiny_demo):
