@@ -123,7 +123,8 @@ def _lowest_at_precision(score: np.ndarray, truth: np.ndarray, target: float,
     order = np.argsort(-score, kind="stable")
     s, y = score[order], truth[order] > 0
     precision = np.cumsum(y) / np.arange(1, len(y) + 1)
-    ok = (precision >= target) & (s >= floor) & y  # a threshold at a true positive's score
+    group_end = np.r_[s[:-1] > s[1:], True]  # tied scores pass a threshold together
+    ok = (precision >= target) & (s >= floor) & group_end
     if not ok.any():
         return math.inf, math.nan
     i = int(np.flatnonzero(ok)[-1])

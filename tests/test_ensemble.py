@@ -1,4 +1,4 @@
-"""Ensemble stage: submission checker, blends (align, rank, OOF weights), odds rescaling,
+"""Ensemble stage: submission checker, blends (align, rank, OOF weights), test priors,
 event extraction, Raven tables, whole-recording frame tracks, and 05 end to end on a tiny
 fake work dir (an untrained model; no training)."""
 from __future__ import annotations
@@ -113,16 +113,6 @@ def test_oof_weights_never_worse_than_the_best_single_run(seed, m):
 
 
 # ----------------------------------------------------------------------------- priors
-def test_odds_rescaling_hand_computed():
-    # p = 0.5 (odds 1); train mean 0.2 (odds 1/4), test prior 0.5 (odds 1): f = 4 -> p' = 0.8
-    # p = 0.75 (odds 3); train mean 0.5 (odds 1), test prior 0.1 (odds 1/9): f = 1/9 -> p' = 0.25
-    factor = blend.prior_factor(np.array([0.2, 0.5]), np.array([0.5, 0.1]))
-    np.testing.assert_allclose(factor, [4.0, 1.0 / 9.0])
-    logits = np.log(np.array([[1.0, 3.0]]))  # p = 0.5, 0.75
-    probs = metrics.sigmoid(blend.rescale_logits(logits, factor))
-    np.testing.assert_allclose(probs, [[0.8, 0.25]])
-
-
 def test_load_priors(tmp_path):
     path = tmp_path / "priors.csv"
     pd.DataFrame({"class": ["s2", "s0", "s1"], "prior": [0.3, 0.1, 0.2]}).to_csv(path, index=False)
@@ -247,7 +237,7 @@ def test_ensemble_end_to_end(tmp_path, scripts):
     work, data = fake_work_dir(tmp_path)
     ens = scripts("05_ensemble")
     cfg = ens.CFG(input_dir=str(data), work_dir=str(work), tag="e0", n_pictures=2,
-                  prior_scaling="estimate", event_threshold=0.3, min_event_seconds=0.0,
+                  prior_scaling="em", event_threshold=0.3, min_event_seconds=0.0,
                   infer_batch=4)
     out = ens.main(cfg)
     run_dir = work / "ensemble" / "e0"
@@ -255,7 +245,11 @@ def test_ensemble_end_to_end(tmp_path, scripts):
     blend.check_submission(sub, pd.read_csv(data / "sample_submission.csv", dtype=str))
     rep = json.loads((run_dir / "report.json").read_text())
     assert [r["run"] for r in rep["rows"]] == ["stage1/r0", "blend (align)"]
-    assert {"test_lwlrap", "test_lwlrap_prior", "test_f1", "resolution"} <= set(rep["rows"][0])
+    assert {"test_lwlrap", "test_lwlrap_calibrated", "oof_calibrated", "test_f1",
+            "resolution"} <= set(rep["rows"][0])
+    assert "test_lwlrap_prior" in rep["rows"][-1]
+    priors = pd.read_csv(run_dir / "priors.csv")
+    assert list(priors["class"]) == CLASSES and priors["test_prior"].between(0, 1).all()
     summary = json.loads((work / "summary.json").read_text())["ensemble"]
     assert {"test_lwlrap", "cv_lwlrap", "submission"} <= set(summary)
     assert summary["submission"] == str(run_dir / "submission.csv")

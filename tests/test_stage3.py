@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
+from common import provenance
 from common.data import CropDataset, window_labels
 from common.losses import masked_focal_loss, masked_focal_terms
 from common.sampling import TwoStreamSampler, endless_slice
@@ -180,15 +181,43 @@ def test_vote_scales_with_allowed_models(scripts):
     assert pos1.tolist() == [[False, True]]
 
 
-def test_consensus_threshold_only_where_every_fold_model_votes(scripts):
+def test_vote_takes_a_threshold_per_species(scripts):
     pl = scripts("03_pseudo_label")
     probs = np.array([[[0.65, 0.9]], [[0.7, 0.6]], [[0.8, 0.9]]])
-    pos, votes = pl.vote(probs, 0.85, 3, 3, consensus_threshold=0.6)  # all 3 folds: 0.6
-    assert votes.tolist() == [[3, 3]] and pos.tolist() == [[True, True]]
-    pos, votes = pl.vote(probs, 0.85, 3, 3)  # unset: the threshold for everyone
-    assert votes.tolist() == [[0, 2]] and pos.tolist() == [[False, False]]
-    pos1, votes1 = pl.vote(probs[1:2], 0.85, 3, 3, consensus_threshold=0.6)  # one model: 0.85
-    assert votes1.tolist() == [[0, 0]] and pos1.tolist() == [[False, False]]
+    pos, votes = pl.vote(probs, np.array([0.6, 0.95]), 3, 3)
+    assert votes.tolist() == [[3, 0]] and pos.tolist() == [[True, False]]
+
+
+def test_class_thresholds_reach_the_target_precision_on_oof(scripts):
+    pl = scripts("03_pseudo_label")
+    # species 0: scores 0.9 (pos) 0.8 (pos) 0.7 (neg) 0.6 (pos) 0.5 (neg) 0.4 (neg)
+    # precision at >=0.8: 1.0, at >=0.6: 0.75 -> target 0.9: threshold 0.8
+    # species 1: the top score is a negative, precision never reaches 0.9 -> no labels
+    # species 2: one positive (< min_positives 2): the pooled threshold
+    oof = np.array([[0.9, 0.9, 0.1], [0.8, 0.2, 0.95], [0.7, 0.3, 0.1],
+                    [0.6, 0.4, 0.1], [0.5, 0.5, 0.1], [0.4, 0.6, 0.1]])
+    truth = np.array([[1, 0, 0], [1, 1, 1], [0, 0, 0], [1, 0, 0], [0, 0, 0], [0, 1, 0]])
+    table = pl.class_thresholds(oof, truth, 0.9, 0.3, 2)
+    assert table["threshold"][0] == pytest.approx(0.8)
+    assert table["oof_precision"][0] == pytest.approx(1.0)
+    assert not np.isfinite(table["threshold"][1])
+    assert table["rule"][2] == "pooled"
+    # pooled over all 18 entries: 0.95+, then 0.9+ tied with 0.9- (2/3): threshold 0.95
+    assert table["threshold"][2] == pytest.approx(0.95)
+    fixed = pl.class_thresholds(oof, truth, 0.0, 0.5, 2)
+    assert (fixed["threshold"] == 0.5).all()
+
+
+@pytest.mark.parametrize("duration,window,stride", [(20.0, 5.0, 2.5), (60.0, 10.0, 3.0),
+                                                    (7.3, 5.0, 2.5), (4.0, 5.0, 2.5),
+                                                    (61.0, 60.0, 30.0)])
+def test_window_plan_covers_the_whole_recording(scripts, duration, window, stride):
+    pl = scripts("03_pseudo_label")
+    starts = pl.window_plan(duration, window, stride)
+    assert starts[0] == 0.0
+    assert starts[-1] + window >= min(duration, window) - 1e-9
+    assert starts[-1] == pytest.approx(max(duration - window, 0.0))
+    assert (np.diff(starts) <= stride + 1e-9).all()
 
 
 def test_precision_vs_events_splits_by_voting_models(scripts, tmp_path):
@@ -232,25 +261,14 @@ def test_pseudo_labels_never_from_a_model_that_trained_on_the_recording(scripts,
     try:
         cfg = pl.CFG(work_dir=str(tmp_path))
         plan = {rid: np.array([0.0, 2.0]) for rid in waves}
-        probs = pl.predict_all(cfg, tmp_path, [0, 1, 2], Prep(), plan, seen, 200, "cpu")
+        may = {j: {rid for rid in plan if provenance.may_vote(seen[j], rid)} for j in seen}
+        probs = pl.predict_all(cfg, tmp_path, [0, 1, 2], Prep(), plan, may, 200, "cpu")
     finally:
         pl.load_checkpoint = original
     for fold, rec in calls:
         assert f"r{rec}" not in seen[fold], f"fold {fold} voted on r{rec}, which it trained on"
-    assert probs["r2"].shape[0] == 1  # only fold 2 held r2 out
-    assert probs["r5"].shape[0] == 3
-
-
-def test_sampler_epoch_length_fixed_by_real_tp_rows_when_pseudo_rows_join():
-    # 20 real TP rows + 180 pseudo rows in the TP stream: the epoch stays 20 // 4 batches,
-    # and successive epochs walk on through the whole stream
-    sampler = TwoStreamSampler(200, 30, 4, 4, seed=2, tp_epoch_rows=20)
-    assert len(sampler) == 5
-    drawn = []
-    for epoch in range(10):
-        sampler.set_epoch(epoch)
-        drawn += [i for b in sampler for i in b if i < 200]
-    assert len(drawn) == 200 and sorted(drawn) == list(range(200))
+    assert set(probs[0]) == {"r3", "r4", "r5"} and "r2" not in probs[1]
+    assert all("r5" in probs[j] for j in (0, 1, 2))
 
 
 # ----------------------------------------------------------------------------- pseudo windows
