@@ -155,6 +155,9 @@ def main(cfg: CFG) -> dict:
     if "test_lwlrap" in out:
         line += (f"  | demo test LWLRAP {out['test_lwlrap']:.4f} (prevalence baseline "
                  f"{out['test_prevalence_baseline']:.4f})")
+    if "cv_lwlrap_calibrated" in out:
+        line += (f"  | calibrated: CV {out['cv_lwlrap_calibrated']:.4f}"
+                 + (f" test {out['test_lwlrap_calibrated']:.4f}" if "test_lwlrap_calibrated" in out else ""))
     if "local_f1" in out:
         line += f"  | local F1 {out['local_f1']:.4f}  soundscape F1 {out.get('soundscape_f1', float('nan')):.4f}"
     print(f"{line}  [{out['seconds']:.0f}s] -> {run_dir}", flush=True)

@@ -203,6 +203,9 @@ def main(cfg: CFG) -> dict:
     line = f"{cfg.stage} CV LWLRAP {out['cv_lwlrap']:.4f}  CV F1@0.5 {out['cv_f1']:.4f}"
     if "test_lwlrap" in out:
         line += f"  | demo test LWLRAP {out['test_lwlrap']:.4f}"
+    if "cv_lwlrap_calibrated" in out:
+        line += (f"  | calibrated: CV {out['cv_lwlrap_calibrated']:.4f}"
+                 + (f" test {out['test_lwlrap_calibrated']:.4f}" if "test_lwlrap_calibrated" in out else ""))
     print(f"{line}  [{out['seconds']:.0f}s] -> {run_dir}", flush=True)
     return out
 

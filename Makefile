@@ -11,7 +11,7 @@ PROFILE ?= profiles/demo.json
 SECOND_BACKBONE ?=
 ARGS := --cfg_file=$(PROFILE) --input_dir=$(INPUT_DIR) --work_dir=$(WORK_DIR)
 
-.PHONY: install demo rounds test bench clean
+.PHONY: install demo rounds test bench devsets clean
 
 install: $(VENV)/.installed
 
@@ -51,6 +51,13 @@ test: install
 # $(WORK_DIR)/bench.json. Synthetic audio goes to /tmp/bench, not into the repository.
 bench: install
 	$(PYTHON) -m bench.bench --work_dir=$(WORK_DIR)
+
+# The development table (bench/devsets.py): the pipeline on the demo, a harder demo variant and
+# ../shared/devsets/nips4b with PROFILE; CV and test LWLRAP per stage, prevalence baseline,
+# seconds (about 50 minutes on 2 CPU cores). DEVSETS=nips4b runs one.
+DEVSETS ?= demo,demo_hard,nips4b
+devsets: install
+	$(PYTHON) -m bench.devsets --sets=$(DEVSETS) --profile=$(PROFILE) --work_dir=$(WORK_DIR)
 
 clean:
 	rm -rf $(WORK_DIR)

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from common import dist, metrics, runs, segments
+from common import calibration, dist, metrics, runs, segments
 from common.cli import ConfigError, cfg_dict
 from common.data import split_fold
 from common.infer import predict_recordings
@@ -223,12 +223,21 @@ def finish_run(cfg, prep, stage: str, run_dir: Path, fold_results: list, mcfg: d
     ids, test = predict_test(run_dir, folds, prep, cfg, device) if prep.ids("test") else \
         ([], np.zeros((0, len(prep.classes))))  # the BirdCLEF layout has no test split here
     runs.save_csv(run_dir / "test_pred.csv", score_frame(ids, test, prep.classes))
+    # scores comparable across classes (common/calibration.py): CV with each fold calibrated
+    # on the others, test with the calibrator of all OOF recordings (what 05 submits)
+    fold_of = dict(zip(prep.folds["recording_id"], prep.folds["fold"]))
+    if truth.any():
+        result["cv_lwlrap_calibrated"] = metrics.lwlrap(truth, calibration.cross_fit(
+            oof, truth, np.array([fold_of.get(r, -1) for r in oof_ids])))
     found = prep.test_truth(cfg.input_dir)
     if found is not None:
         truth_ids, test_truth = found
         order = {rid: i for i, rid in enumerate(ids)}
         aligned = test[[order[r] for r in truth_ids]]
         result["test_lwlrap"] = metrics.lwlrap(test_truth, aligned)
+        if truth.any():
+            result["test_lwlrap_calibrated"] = metrics.lwlrap(
+                test_truth, calibration.fit(oof, truth).apply(aligned))
         result["test_prevalence_baseline"] = metrics.prevalence_baseline(test_truth)
         result["test_f1"] = metrics.f1_at(test_truth, metrics.sigmoid(aligned))["f1"]
     result["seconds"] = round(time.time() - tic, 1)
@@ -242,6 +251,7 @@ def finish_run(cfg, prep, stage: str, run_dir: Path, fold_results: list, mcfg: d
         "memo": f"hop={mcfg['hop_length']} epochs={cfg.epochs} folds={len(folds)} "
                 f"{segments.best_memo(result)}{cfg.memo}".strip()})
     summary = {k: result[k] for k in ("cv_lwlrap", "cv_f1", "test_lwlrap", "local_f1", "soundscape_f1",
+                                      "cv_lwlrap_calibrated", "test_lwlrap_calibrated",
                                       "test_prevalence_baseline", "seconds") if k in result}
     runs.update_summary(cfg.work_dir, stage, {**summary, "tag": run_dir.name})
     runs.write_manifest(run_dir, stage, cfg_dict(cfg), inputs,
