@@ -90,6 +90,20 @@ def test_endless_stream_reshuffles_after_each_pass():
     assert np.array_equal(endless_slice(5, 7, 4, seed=0), draws[7:11])
 
 
+def test_sampler_min_batches_lengthens_a_small_epoch():
+    """10 TP rows at 4 per batch make 2 batches; a floor of 5 draws the TP stream endlessly
+    (every row used before any repeats) and keeps batches reproducible per epoch."""
+    sampler = TwoStreamSampler(10, 6, 4, 2, seed=5, min_batches=5)
+    assert len(sampler) == 5
+    batches = list(sampler)
+    tp = np.concatenate([b[:4] for b in batches])
+    assert len(batches) == 5 and all(len(b) == 6 for b in batches)
+    assert sorted(tp[:10]) == list(range(10))  # one full pass first
+    assert all(i >= 10 for b in batches for i in b[4:])
+    assert list(sampler) == batches
+    assert len(TwoStreamSampler(40, 6, 4, 2, min_batches=5)) == 10  # the floor only raises
+
+
 def test_sampler_without_fp_rows_gives_tp_only_batches():
     sampler = TwoStreamSampler(10, 0, 4, 4)
     assert all(len(b) == 4 and max(b) < 10 for b in sampler)

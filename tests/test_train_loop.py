@@ -76,3 +76,13 @@ def test_check_loss_names_the_batches_since_the_last_check():
     assert check_loss(torch.tensor(6.0), 3, "f0", 0, 2) == 2.0
     with pytest.raises(FloatingPointError, match="f0: loss became nan in batches 25-29;"):
         check_loss(torch.tensor(float("nan")), 4, "f0", 25, 29)
+
+
+def test_min_epoch_steps_raises_crops_per_row(scripts):
+    s1 = scripts("02_train_stage1")
+    cfg = s1.CFG(batch_size=32, crops_per_row=2, min_epoch_steps=50)
+    # 250 rows x 2 crops = 16 batches; 50 steps need ceil(50 * 32 / 250) = 7 crops per row
+    assert s1.crops_per_row(cfg, 250, 0) == 7
+    assert s1.crops_per_row(cfg, 5000, 0) == 2  # enough rows: the floor does nothing
+    cfg.min_epoch_steps = 0
+    assert s1.crops_per_row(cfg, 250, 0) == 2
