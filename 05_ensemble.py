@@ -56,7 +56,8 @@ class CFG:
     tag: str = ""                  # this run's tag; default: a timestamp
     blend: str = "align"           # align | rank | oof
     oof_steps: int = 10            # oof: weights are multiples of 1/oof_steps
-    calibrate: bool = True         # per-class Platt scaling of each run on its OOF predictions
+    calibrate: str = "auto"        # per-class Platt scaling of each run on its OOF predictions:
+    #   auto (kept when it raises the blend's cross-fitted OOF LWLRAP) | true | false
     prior_scaling: str = "auto"    # test prior by EM (Saerens 2002) on calibrated scores:
     #   auto (applied only when the skewed-OOF simulation says it helps) | em | none
     #   | path of a CSV with columns class,prior
@@ -122,29 +123,41 @@ def fit_blend(cfg: CFG, infos: list, prep) -> dict:
     truth = prep.tp_matrix(common)
     fold_of = dict(zip(prep.folds["recording_id"], prep.folds["fold"]))
     groups = np.array([fold_of.get(r, -1) for r in common])
-    oofs = []
+    raws, cals = [], []
     for info in infos:
         raw = info["oof"].loc[common, prep.classes].to_numpy(np.float64)
         info["oof_common"] = metrics.lwlrap(truth, raw) if common else float("nan")
-        if cfg.calibrate and common:
+        raws.append(raw)
+        if cfg.calibrate != "false" and truth.any():
             own = info["oof"][prep.classes].to_numpy(np.float64)
             info["calibrator"] = calibration.fit(own, prep.tp_matrix(list(info["oof"].index)))
-            raw = calibration.cross_fit(raw, truth, groups)
-            info["oof_common_cal"] = metrics.lwlrap(truth, raw)
-        oofs.append(raw)
-    weights = np.full(len(infos), 1.0 / len(infos))
+            cals.append(calibration.cross_fit(raw, truth, groups))
+            info["oof_common_cal"] = metrics.lwlrap(truth, cals[-1])
+    plain = weigh(cfg, raws, truth, calibrated=False)
+    out = {**plain, "n_common": len(common), "calibrated": False, "cv_uncalibrated": plain["cv_lwlrap"]}
+    if cals:
+        cal = weigh(cfg, cals, truth, calibrated=True)
+        out["cv_calibrated"] = cal["cv_lwlrap"]
+        if cfg.calibrate == "true" or cal["cv_lwlrap"] > plain["cv_lwlrap"]:
+            out.update(cal, calibrated=True, train_prior=metrics.sigmoid(cal["blended"]).mean(axis=0),
+                       shift_simulation=calibration.simulate_shift(cal["blended"], truth))
+    if not out["calibrated"]:
+        for info in infos:
+            info.pop("calibrator", None)
+    return out
+
+
+def weigh(cfg: CFG, oofs: list, truth: np.ndarray, calibrated: bool) -> dict:
+    """Run weights (fitted for `oof`, else equal), the blended OOF logits and their LWLRAP."""
+    weights = np.full(len(oofs), 1.0 / len(oofs))
     if cfg.blend == "oof":
         if not truth.any():
-            raise ConfigError("blend=oof: no OOF recording with a TP label is common to all runs "
-                              f"({[i['name'] for i in infos]}); use --blend=align")
-        weights, _ = blend.fit_oof_weights(oofs, truth, cfg.oof_steps, calibrated=cfg.calibrate)
-    blended = blend.blend(cfg.blend, oofs, weights, calibrated=cfg.calibrate)
-    cv = metrics.lwlrap(truth, blended) if common else float("nan")
-    out = {"weights": weights, "cv_lwlrap": cv, "n_common": len(common)}
-    if cfg.calibrate and common:
-        out["train_prior"] = metrics.sigmoid(blended).mean(axis=0)
-        out["shift_simulation"] = calibration.simulate_shift(blended, truth)
-    return out
+            raise ConfigError("blend=oof: no OOF recording with a TP label is common to all runs; "
+                              "use --blend=align")
+        weights, _ = blend.fit_oof_weights(oofs, truth, cfg.oof_steps, calibrated=calibrated)
+    blended = blend.blend(cfg.blend, oofs, weights, calibrated=calibrated)
+    cv = metrics.lwlrap(truth, blended) if len(truth) else float("nan")
+    return {"weights": weights, "blended": blended, "cv_lwlrap": cv}
 
 
 # ----------------------------------------------------------------------------- inference
@@ -247,10 +260,10 @@ def report_rows(cfg: CFG, infos: list, fitted: dict, found, ids: list, out: dict
     return rows + [row]
 
 
-def weaker_runs(infos: list, weights) -> list[str]:
-    """One line per run whose (calibrated) OOF LWLRAP is below the best run's: a stage that
-    does not help on honest CV says so instead of hiding in the blend."""
-    key = "oof_common_cal" if "oof_common_cal" in infos[0] else "oof_common"
+def weaker_runs(infos: list, weights, calibrated: bool) -> list[str]:
+    """One line per run whose OOF LWLRAP (calibrated when the blend is) is below the best
+    run's: a stage that does not help on honest CV says so instead of hiding in the blend."""
+    key = "oof_common_cal" if calibrated else "oof_common"
     best = max(infos, key=lambda i: i[key])
     return [f"{i['name']}: CV {i[key]:.4f} is below {best['name']}'s {best[key]:.4f} "
             f"(blend weight {w:.2f})" for i, w in zip(infos, weights) if i[key] < best[key]]
@@ -264,8 +277,8 @@ def render_report(cfg: CFG, rows: list, facts: dict) -> str:
     fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else "" if v is None else str(v)  # noqa
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
-    notes = [f"- blend: {cfg.blend}; calibration: {cfg.calibrate}; prior scaling: "
-             f"{cfg.prior_scaling} ({facts.get('prior_note', 'off')})",
+    notes = [f"- blend: {cfg.blend}; calibration: {cfg.calibrate} ({facts['calibration_note']}); "
+             f"prior scaling: {cfg.prior_scaling} ({facts.get('prior_note', 'off')})",
              f"- oof_common: OOF LWLRAP on the {facts['n_common']} recordings in every run's "
              "oof.csv; oof_calibrated: the same after per-class Platt scaling fitted on the "
              "other folds (the blend's CV uses it); cv_lwlrap of a run: its own metrics.json",
@@ -287,9 +300,11 @@ def check_cfg(cfg: CFG) -> None:
     if cfg.prior_scaling not in PRIOR_MODES and not Path(cfg.prior_scaling).is_file():
         raise ConfigError(f"prior_scaling={cfg.prior_scaling!r}: use {', '.join(PRIOR_MODES)}, "
                           "or the path of a CSV with columns class,prior")
-    if cfg.prior_scaling != "none" and (not cfg.calibrate or cfg.blend == "rank"):
+    if cfg.calibrate not in ("auto", "true", "false"):
+        raise ConfigError(f"calibrate={cfg.calibrate!r}: choose auto, true or false")
+    if cfg.prior_scaling != "none" and (cfg.calibrate == "false" or cfg.blend == "rank"):
         raise ConfigError(f"prior_scaling={cfg.prior_scaling!r} needs calibrated probabilities: "
-                          "use --calibrate=true and blend align or oof, or --prior_scaling=none")
+                          "use --calibrate=auto|true and blend align or oof, or --prior_scaling=none")
     if not 0 < cfg.event_threshold < 1 or cfg.oof_steps < 1:
         raise ConfigError("event_threshold must lie in (0, 1) and oof_steps be >= 1")
 
@@ -298,7 +313,8 @@ def blend_test(cfg: CFG, infos: list, fitted: dict, classes: list) -> dict:
     """Blended test scores without (`plain`) and with (`scaled`) the test-prior correction,
     blended probabilities, and the prior facts (estimated next to the training prior)."""
     weights = fitted["weights"]
-    plain = blend.blend(cfg.blend, [i["test"] for i in infos], weights, calibrated=cfg.calibrate)
+    plain = blend.blend(cfg.blend, [i["test"] for i in infos], weights,
+                        calibrated=fitted["calibrated"])
     out = {"plain": plain, "scaled": plain, "prior_applied": None, "prior_note": "off",
            "probs": blend.weighted_mean([metrics.sigmoid(i["test"]) for i in infos], weights)}
     if cfg.prior_scaling == "none" or not len(plain) or "train_prior" not in fitted:
@@ -354,8 +370,11 @@ def write_outputs(cfg: CFG, run_dir: Path, prep, infos: list, fitted: dict, trac
     runs.save_csv(run_dir / "submission.csv", sub)
     found = prep.test_truth(cfg.input_dir)
     rows = report_rows(cfg, infos, fitted, found, ids, out)
+    cal_cv = fitted.get("cv_calibrated", float("nan"))
     facts = {"n_common": fitted["n_common"], "filled": filled, "prior_note": out["prior_note"],
-             "weaker": weaker_runs(infos, fitted["weights"]),
+             "calibration_note": f"{'used' if fitted['calibrated'] else 'not used'}: blend CV "
+                                 f"{cal_cv:.4f} calibrated vs {fitted['cv_uncalibrated']:.4f} raw",
+             "weaker": weaker_runs(infos, fitted["weights"], fitted["calibrated"]),
              "shift_simulation": fitted.get("shift_simulation")}
     if found is not None:
         facts["test_prevalence_baseline"] = metrics.prevalence_baseline(found[1])
@@ -399,8 +418,13 @@ def main(cfg: CFG) -> dict:
         runs.save_csv(run_dir / f"test_{info['name'].replace('/', '_')}.csv",
                       stage.score_frame(ids, info["test"], prep.classes))
     rows, facts, files = write_outputs(cfg, run_dir, prep, infos, fitted, tracks, grid)
+    for line in facts["weaker"]:
+        print(f"NOTE: weaker than the best run on CV: {line}", flush=True)
     summary = {"cv_lwlrap": fitted["cv_lwlrap"], "submission": str(run_dir / "submission.csv"),
-               "seconds": round(time.time() - tic, 1), "tag": run_dir.name}
+               "seconds": round(time.time() - tic, 1), "tag": run_dir.name,
+               "calibrated": fitted["calibrated"], "prior": facts["prior_note"],
+               "weights": {i["name"]: float(w) for i, w in zip(infos, fitted["weights"])},
+               "weaker_runs": facts["weaker"]}
     if "test_lwlrap" in rows[-1]:  # the submission's score (with prior scaling when on)
         summary["test_lwlrap"] = rows[-1].get("test_lwlrap_prior", rows[-1]["test_lwlrap"])
         summary["test_lwlrap_no_prior"] = rows[-1]["test_lwlrap"]

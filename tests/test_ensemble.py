@@ -237,7 +237,7 @@ def test_ensemble_end_to_end(tmp_path, scripts):
     work, data = fake_work_dir(tmp_path)
     ens = scripts("05_ensemble")
     cfg = ens.CFG(input_dir=str(data), work_dir=str(work), tag="e0", n_pictures=2,
-                  prior_scaling="em", event_threshold=0.3, min_event_seconds=0.0,
+                  prior_scaling="em", calibrate="true", event_threshold=0.3, min_event_seconds=0.0,
                   infer_batch=4)
     out = ens.main(cfg)
     run_dir = work / "ensemble" / "e0"
