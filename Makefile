@@ -36,7 +36,7 @@ demo: install
 # More pseudo-label rounds after `make demo`: each round labels with the latest stage-3
 # models and fine-tunes them further (make rounds ROUNDS=2).
 ROUNDS ?= 1
-# extra flags for 03 in each round, e.g. PSEUDO_ARGS="--threshold=0.95 --consensus_threshold=0.9"
+# extra flags for 03 in each round, e.g. PSEUDO_ARGS="--target_precision=0.95"
 PSEUDO_ARGS ?=
 rounds: install
 	@for r in $$(seq 2 $$(( $(ROUNDS) + 1 ))); do \
