@@ -7,8 +7,9 @@ chain (01, 02, 04 stage 2, 03, 04 stage 3, 05 with stage 3 + stage 1) with one p
                train recordings FP-only, denser unannotated calls, drones and rain),
   - nips4b     real NIPS4Bplus field recordings in the RFCx layout (../shared/devsets),
 and prints, per dataset and stage: CV LWLRAP (raw and calibrated), test LWLRAP (raw and
-calibrated; the ensemble's is the submission's), the prevalence baseline, seconds. Test
-figures are reported, never used to choose a setting.
+calibrated), the prevalence baseline, seconds. The ensemble row's `cv` is the blend's CV (as
+05 chose: calibrated or not), `test` the blend before the prior correction and `test_cal`
+the submission's score. Test figures are reported, never used to choose a setting.
 
     python -m bench.devsets                          # all three, profiles/demo.json
     python -m bench.devsets --sets=nips4b --profile=my_variant.json   # a variant
