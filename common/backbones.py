@@ -152,28 +152,63 @@ def create_backbone(name: str, in_chans: int, pretrained_path: str = "",
         if hasattr(model, "patch_embed") and input_size:  # a ViT: rebuild for this image size
             model = _timm(name, in_chans, img_size=tuple(input_size))
     if pretrained_path:
-        load_backbone_weights(model, pretrained_path, in_chans)
+        load_backbone_weights(model, pretrained_path, in_chans, name)
     return TokenGrid(model) if hasattr(model, "patch_embed") and hasattr(model, "num_prefix_tokens") \
         else model
 
 
-def load_backbone_weights(model: nn.Module, path: str, in_chans: int) -> dict:
-    """Load a local state dict into `model`, skipping the classifier; report what matched."""
+def match_backbone_weights(own: dict, path: str, in_chans: int, name: str = "") -> tuple[dict, dict]:
+    """The tensors of the local state dict at `path` that fit the backbone whose state dict
+    (or its shapes: meta tensors do) is `own`: ({name: tensor}, report). A first conv with
+    another channel count is adapted the way timm adapts ImageNet weights.
+
+    report: loaded, total (the backbone's tensors, buffers included), shape_mismatch and
+    unknown (file tensors skipped: wrong shape, or a name the backbone does not have, such as
+    the classifier), missing (backbone tensors the file does not fill), and the first few
+    mismatches as (name, file shape, model shape). Stops with a ConfigError when fewer than
+    half of the backbone's tensors load: the file is then another architecture, and a
+    backbone mostly left at random initialisation is not what `pretrained_path` asked for.
+    """
     if not Path(path).is_file():
         raise ConfigError(f"pretrained_path {path} does not exist")
     state = torch.load(path, map_location="cpu", weights_only=True)
     state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
-    own = model.state_dict()
-    loaded = {}
+    loaded, mismatched, unknown = {}, [], []
     for key, value in state.items():
         if key not in own:
+            unknown.append(key)
             continue
         if value.ndim == 4 and own[key].ndim == 4 and value.shape[1] != own[key].shape[1] \
                 and value.shape[0] == own[key].shape[0]:
             value = timm.models.adapt_input_conv(in_chans, value, base_chans=value.shape[1])
         if value.shape == own[key].shape:
             loaded[key] = value
-    if not loaded:
-        raise ConfigError(f"pretrained_path {path}: no tensor matches backbone parameters")
+        else:
+            mismatched.append((key, tuple(value.shape), tuple(own[key].shape)))
+    report = {"loaded": len(loaded), "total": len(own), "shape_mismatch": len(mismatched),
+              "unknown": len(unknown), "missing": len(own) - len(loaded),
+              "first_mismatches": mismatched[:3], "first_unknown": unknown[:3]}
+    if 2 * len(loaded) < len(own):
+        what = f"backbone {name}" if name else "the backbone"
+        shown = "; ".join(f"{k}: file {list(a)} vs model {list(b)}" for k, a, b in mismatched[:3])
+        if unknown:
+            shown += ("; " if shown else "") + f"names the backbone lacks: {unknown[:3]}"
+        raise ConfigError(
+            f"pretrained_path {path} fits only {len(loaded)} of the {len(own)} tensors of {what} "
+            f"(fewer than half; {len(mismatched)} have another shape, {len(unknown)} names are "
+            f"unknown). First mismatches: {shown or 'none'}. Give a state dict saved from the "
+            f"same architecture as --backbone{'=' + name if name else ''}, or set --backbone to "
+            "the architecture the file was saved from")
+    return loaded, report
+
+
+def load_backbone_weights(model: nn.Module, path: str, in_chans: int, name: str = "") -> dict:
+    """Load a local state dict into `model`, skipping the classifier and every tensor that
+    does not fit (see match_backbone_weights); prints one line of what loaded."""
+    loaded, report = match_backbone_weights(model.state_dict(), path, in_chans, name)
     model.load_state_dict(loaded, strict=False)
-    return {"loaded": len(loaded), "missing": len(own) - len(loaded)}
+    print(f"pretrained_path {path}: loaded {report['loaded']} of {report['total']} backbone "
+          f"tensors; skipped {report['shape_mismatch'] + report['unknown']} of the file's "
+          f"({report['shape_mismatch']} shape mismatch, {report['unknown']} unknown name); "
+          f"{report['missing']} backbone tensors not loaded keep their initial values", flush=True)
+    return report

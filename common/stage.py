@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 
 from common import calibration, dist, metrics, runs, segments
+from common.backbones import match_backbone_weights
 from common.cli import ConfigError, cfg_dict
 from common.data import split_fold
 from common.infer import predict_recordings
@@ -47,9 +48,13 @@ def model_cfg(cfg, classes: list, sample_rate: int) -> dict:
         raise ConfigError(f"pretrained_path {weights} does not exist; give a local weights file")
     try:  # a dry build on the meta device (no memory, no time): bad settings fail before a run starts
         with torch.device("meta"):
-            build_model(out)
+            dry = build_model(out)
     except ValueError as err:  # ConfigError included: unknown backbone, n_mels > STFT bins, ...
         raise ConfigError(f"model settings: {err}") from None
+    if weights:  # a weights file that fits less than half of the backbone stops here, too
+        target = getattr(dry.backbone, "vit", dry.backbone)  # a ViT loads before its wrapper
+        match_backbone_weights(target.state_dict(), weights, out["in_chans"] + bool(out["freq_coord"]),
+                               out["backbone"])
     return out
 
 

@@ -4,6 +4,7 @@ a PANNs-style checkpoint loads by parameter name."""
 from __future__ import annotations
 
 import pytest
+import timm
 import torch
 
 from common.backbones import PannsCnn, create_backbone
@@ -80,3 +81,79 @@ def test_cnn14_has_the_panns_size():
     params = sum(p.numel() for p in net.parameters())
     # Cnn14's 80.8 M minus its fc1 (2048 x 2048) and AudioSet classifier (2048 x 527)
     assert 75.0e6 < params < 76.0e6
+
+
+# ----------------------------------------------------------------------------- partial weights
+def stage1_cfg(scripts, **kw):
+    """02's CFG as a user sets it on the command line (the kit's own pretrained_path path)."""
+    base = dict(in_chans=1, crop_seconds=1.0, n_fft=512, hop_length=250, n_mels=32, fmax=8000.0,
+                image_size="")
+    return scripts("02_train_stage1").CFG(**{**base, **kw})
+
+
+def test_other_architecture_stops_naming_the_first_mismatches(tmp_path, scripts, capsys):
+    from common.cli import ConfigError
+    from common.stage import model_cfg as stage_model_cfg
+    torch.manual_seed(0)
+    source = timm.create_model("efficientnet_b0", pretrained=False)  # random init, 3 channels
+    path = tmp_path / "efficientnet_b0.pth"
+    torch.save(source.state_dict(), path)
+    target = timm.create_model("tf_efficientnet_b2", pretrained=False, in_chans=1, num_classes=0,
+                               global_pool="").state_dict()
+    # the first tensor of the file whose shape differs (the 3-channel stem is adapted, not one)
+    first = next(k for k, v in source.state_dict().items()
+                 if k in target and v.shape != target[k].shape and k != "conv_stem.weight")
+    cfg = stage1_cfg(scripts, backbone="tf_efficientnet_b2", pretrained_path=str(path))
+    for build in (lambda: stage_model_cfg(cfg, ["a", "b"], SR),   # 02's check before any work
+                  lambda: SEDModel(model_cfg("tf_efficientnet_b2", 32, 250),
+                                   pretrained_path=str(path))):   # and the model build itself
+        with pytest.raises(ConfigError) as info:
+            build()
+        message = str(info.value)
+        assert str(path) in message and "tf_efficientnet_b2" in message
+        assert f"of the {len(target)} tensors" in message and "fewer than half" in message
+        assert first in message
+        assert f"file {list(source.state_dict()[first].shape)} vs model {list(target[first].shape)}" \
+            in message
+        assert "same architecture" in message  # what to do
+    assert "loaded" not in capsys.readouterr().out  # nothing was loaded, nothing reported
+
+
+def test_matching_state_dict_loads_fully_and_says_so(tmp_path, capsys):
+    torch.manual_seed(1)
+    source = timm.create_model("resnet10t", pretrained=False, in_chans=1, num_classes=0,
+                               global_pool="")
+    path = tmp_path / "resnet10t.pth"
+    torch.save(source.state_dict(), path)
+    total = len(source.state_dict())
+    torch.manual_seed(2)
+    backbone = create_backbone("resnet10t", 1, str(path))
+    for key, value in source.state_dict().items():
+        assert torch.equal(backbone.state_dict()[key], value), key
+    lines = [line for line in capsys.readouterr().out.splitlines() if "pretrained_path" in line]
+    assert len(lines) == 1
+    assert f"loaded {total} of {total} backbone tensors; skipped 0 of the file's (0 shape " \
+           "mismatch, 0 unknown name); 0 backbone tensors not loaded" in lines[0]
+
+
+def test_partly_fitting_state_dict_loads_what_fits_and_counts_the_rest(tmp_path, capsys):
+    torch.manual_seed(1)
+    source = timm.create_model("resnet10t", pretrained=False, in_chans=1, num_classes=0,
+                               global_pool="")
+    state = dict(source.state_dict())
+    total = len(state)
+    state["layer4.0.conv2.weight"] = torch.zeros(7, 7, 3, 3)  # another shape: skipped
+    del state["layer4.0.bn2.weight"]                           # absent: not loaded
+    state["head.fc.weight"] = torch.zeros(10, 512)             # a name the backbone lacks
+    path = tmp_path / "partial.pth"
+    torch.save(state, path)
+    torch.manual_seed(2)
+    fresh = create_backbone("resnet10t", 1)
+    torch.manual_seed(2)
+    backbone = create_backbone("resnet10t", 1, str(path))
+    own = backbone.state_dict()
+    assert torch.equal(own["layer4.0.conv2.weight"], fresh.state_dict()["layer4.0.conv2.weight"])
+    assert torch.equal(own["layer1.0.conv1.weight"], state["layer1.0.conv1.weight"])
+    out = capsys.readouterr().out
+    assert f"loaded {total - 2} of {total} backbone tensors; skipped 2 of the file's (1 shape " \
+           "mismatch, 1 unknown name); 2 backbone tensors not loaded" in out

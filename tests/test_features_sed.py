@@ -248,5 +248,5 @@ def test_pretrained_path_errors(tmp_path):
         create_backbone("resnet10t", 1, str(tmp_path / "none.pth"))
     path = tmp_path / "other.pth"
     torch.save({"unrelated.weight": torch.zeros(3)}, path)
-    with pytest.raises(ConfigError, match="no tensor matches"):
+    with pytest.raises(ConfigError, match="fits only 0 of the"):
         create_backbone("resnet10t", 1, str(path))
