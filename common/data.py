@@ -189,8 +189,9 @@ class CropDataset(torch.utils.data.Dataset):
     """One training crop per anchor row: (wave (crop_samples,), labels (K,) in {-1,0,1}).
 
     Labels come from `annotations` (TP +1, FP -1, else 0) and, when given, from `pseudo`
-    rows of the same table shape: label = clip(base + pseudo, -1, 1), so a pseudo positive
-    over an FP makes the entry unknown (0) and over nothing makes it +1 (recipe stage 3).
+    rows of the same table shape (see combine_pseudo): a pseudo positive over an FP makes
+    the entry unknown (0) and over an unknown entry +1 (recipe stage 3); a pseudo negative
+    marks only unknown entries -1 and never changes a TP's +1 or an FP's -1.
     The crop offset is random but reproducible: drawn from (seed, epoch, index), so results
     do not depend on the number of loader workers. Call `set_epoch` before each epoch.
     An anchor row with `exact` true (a pseudo-label window) is cropped exactly at its t_min:
@@ -239,9 +240,23 @@ class CropDataset(torch.utils.data.Dataset):
         end = start + self.crop
         labels = event_labels(self.by_rec.get(rid), start, end, self.n_classes, self.min_overlap)
         if rid in self.pseudo_by_rec:
-            labels = np.clip(labels + event_labels(self.pseudo_by_rec[rid], start, end,
-                                                   self.n_classes, self.pseudo_min_s), -1, 1)
+            labels = combine_pseudo(labels, event_labels(self.pseudo_by_rec[rid], start, end,
+                                                         self.n_classes, self.pseudo_min_s))
         return torch.from_numpy(wave), torch.from_numpy(labels)
+
+
+def combine_pseudo(base: np.ndarray, pseudo: np.ndarray) -> np.ndarray:
+    """Crop labels (K,) from the annotation labels `base` and the pseudo labels `pseudo`,
+    both in {-1, 0, +1}:
+
+        base          pseudo +1   pseudo -1   no pseudo
+        +1 (TP)           +1          +1         +1     a human heard it: kept
+        -1 (FP)            0          -1         -1     models and annotator disagree: unknown
+         0 (unknown)      +1          -1          0     the pseudo label fills the gap
+    """
+    out = np.where(base == 0, pseudo, base)
+    out[(base < 0) & (pseudo > 0)] = 0.0
+    return out.astype(np.float32)
 
 
 def cap_per_class(rows: pd.DataFrame, max_per_class: int, seed: int) -> pd.DataFrame:

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from common.cli import ConfigError
-from common.data import (ANNOTATION_COLUMNS, RFCX_COLUMNS, CropDataset, crop_start, make_folds,
-                         read_table, rfcx_annotations, rfcx_classes, split_fold, window_labels)
+from common.data import (ANNOTATION_COLUMNS, RFCX_COLUMNS, CropDataset, combine_pseudo, crop_start,
+                         make_folds, read_table, rfcx_annotations, rfcx_classes, split_fold,
+                         window_labels)
 from tests.conftest import ArrayCache
 
 CLASSES = ["s0", "s1", "s2", "s3"]
@@ -317,3 +318,32 @@ def test_crop_dataset_changes_across_epochs_and_seeds():
     assert not torch.equal(first, second)
     other, _, _ = make_dataset(seed=6)
     assert not torch.equal(other[0][0], first)
+
+
+# ----------------------------------------------------------------------------- pseudo labels
+def test_pseudo_labels_never_overrule_a_tp_and_negatives_fill_only_unknowns():
+    """A hand-made crop: 10 s recording, anchor row 1-2 s, 5 s crop at [0, 5) (clamped)."""
+    base = events([("r", "s0", 1.0, 2.0, 1),    # TP
+                   ("r", "s1", 1.0, 2.0, -1),   # FP
+                   ("r", "s3", 2.0, 3.0, -1)])  # FP
+    pseudo = events([("r", "s0", 0.0, 5.0, -1),   # pseudo negative over the TP: stays +1
+                     ("r", "s1", 0.0, 5.0, 1),    # pseudo positive over the FP: unknown
+                     ("r", "s2", 0.0, 5.0, -1),   # pseudo negative over unknown: -1
+                     ("r", "s3", 0.0, 5.0, -1)])  # pseudo negative over an FP: stays -1
+    cache = ArrayCache({"r": np.zeros(10 * 100, dtype=np.float32)})
+    rows = pd.DataFrame({"recording_id": ["r"], "t_min": [1.0], "t_max": [2.0]})
+    plain = CropDataset(rows, base, cache, CLASSES, 100, 5.0, {"r": 10.0})
+    with_pseudo = CropDataset(rows, base, cache, CLASSES, 100, 5.0, {"r": 10.0}, pseudo=pseudo)
+    assert plain[0][1].tolist() == [1.0, -1.0, 0.0, -1.0]
+    assert with_pseudo[0][1].tolist() == [1.0, 0.0, -1.0, -1.0]
+    # the other cells of the rule: a pseudo positive over a TP or over unknown gives +1
+    more = events([("r", "s0", 0.0, 5.0, 1), ("r", "s2", 0.0, 5.0, 1)])
+    ds = CropDataset(rows, base, cache, CLASSES, 100, 5.0, {"r": 10.0}, pseudo=more)
+    assert ds[0][1].tolist() == [1.0, -1.0, 1.0, -1.0]
+    assert ds[0][1].dtype == torch.float32
+
+
+def test_combine_pseudo_table():
+    base = np.array([1, 1, 1, -1, -1, -1, 0, 0, 0], dtype=np.float32)
+    pseudo = np.array([1, -1, 0, 1, -1, 0, 1, -1, 0], dtype=np.float32)
+    assert combine_pseudo(base, pseudo).tolist() == [1, 1, 1, 0, -1, -1, 1, -1, 0]
