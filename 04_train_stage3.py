@@ -1,10 +1,11 @@
 """Stages 2 and 3: fine-tune each fold's model on TP + FP (+ pseudo) labels.
 
-Stage 2 (`--stage=stage2`): TP/FP rows, positive focal + negative BCE terms, no pseudo
-labels, no zero term, no mixup; its models make the pseudo labels (03_pseudo_label.py).
-Stage 3 (default): TP/FP rows plus pseudo-positive windows, label = min(base + pseudo, 1),
-2 x positive focal + negative + zero term (BCE against 0.45 on unknown entries), last-layer
-mixup. Both use the TwoStream sampler (8 TP + 8 FP rows per batch) for 5 epochs.
+Stage 2 (`--stage=stage2`): TP/FP rows, positive + negative focal terms (weight 1 each), no
+pseudo labels, no zero term, no mixup; its models make the pseudo labels (03_pseudo_label.py).
+Stage 3 (default): TP/FP rows plus pseudo windows (a pseudo positive turns an FP entry
+unknown and an unknown one +1; a pseudo negative only marks unknown entries -1),
+2 x positive focal + negative focal + zero term (BCE against 0.45 on unknown entries),
+last-layer mixup. `--neg_focal=false` makes the negative term plain BCE. Both use the TwoStream sampler (8 TP + 8 FP rows per batch) for 5 epochs.
 `--w_rank` (off in the recipe, on in the demo profile) adds stage 1's LSEP on the +1 entries,
 so fine-tuning with the sigmoid terms keeps the within-crop ranking stage 1 learned.
 
@@ -37,7 +38,9 @@ from common.losses import masked_focal_loss
 from common.sampling import TwoStreamSampler
 from common.sed import load_checkpoint
 
-STAGE2_DEFAULTS = {"pseudo": "", "w_zero": 0.0, "mixup": False}
+# stage 2: no pseudo labels, no zero term, no mixup; positive weight 1 (the seed's focal
+# loss with alpha 1; the weight 2 belongs to stage 3)
+STAGE2_DEFAULTS = {"pseudo": "", "w_zero": 0.0, "mixup": False, "w_pos": 1.0}
 
 
 @dataclass
@@ -60,8 +63,10 @@ class CFG:
                                    # windows join it (2nd place: real crops half of the time)
     pseudo_overlap: float = 0.5    # a pseudo window labels a crop it covers this share of
     # loss (common.losses.masked_focal_loss)
-    gamma: float = 2.0             # focal exponent of the positive term
-    w_pos: float = 2.0
+    gamma: float = 2.0             # focal exponent of the positive (and negative) term
+    neg_focal: bool = True         # negative term BCE(z, 0) * p^gamma (focal, the seed's);
+                                   # false: plain BCE(z, 0) on the -1 entries
+    w_pos: float = 2.0             # stage 3 (recipe); stage 2 defaults to 1.0
     w_neg: float = 1.0
     w_zero: float = 1.0            # unknown entries; 0 turns the term off (stage 2)
     zero_target: float = 0.45      # "zero label smoothing"
@@ -168,7 +173,8 @@ def tp_stream(tp_rows: pd.DataFrame, windows: pd.DataFrame, real_share: float) -
 
 def loss_kw(cfg: CFG) -> dict:
     return {"gamma": cfg.gamma, "w_pos": cfg.w_pos, "w_neg": cfg.w_neg, "w_zero": cfg.w_zero,
-            "zero_target": cfg.zero_target, "mix_negative": cfg.mix_negative, "w_rank": cfg.w_rank}
+            "zero_target": cfg.zero_target, "mix_negative": cfg.mix_negative, "w_rank": cfg.w_rank,
+            "neg_focal": cfg.neg_focal}
 
 
 def main(cfg: CFG) -> dict:

@@ -30,12 +30,15 @@ def bce_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def masked_focal_terms(logits: torch.Tensor, labels: torch.Tensor, gamma: float = 2.0,
-                       zero_target: float = 0.45) -> dict:
+                       zero_target: float = 0.45, neg_focal: bool = True) -> dict:
     """The three per-entry terms of the stage-2/3 loss, each (B, K), before weighting.
 
     pos:  BCE(z, 1) * (1 - p)^gamma  where label == +1  (focal: easy positives fade out)
-    neg:  BCE(z, 0)                  where label == -1
+    neg:  BCE(z, 0) * p^gamma        where label == -1  (focal: easy negatives fade out;
+                                                         plain BCE(z, 0) with neg_focal=False)
     zero: BCE(z, zero_target)        where label == 0   (unknown: pulled towards 0.45)
+    The 5th-place team's stage-2 loss is a focal loss (gamma 2, alpha 1) on both labelled
+    terms (docs/recipe.md, "Stage 2").
     """
     prob = torch.sigmoid(logits)
     pos_mask = (labels > 0.5).float()
@@ -45,6 +48,8 @@ def masked_focal_terms(logits: torch.Tensor, labels: torch.Tensor, gamma: float 
     pos = pos * (1 - prob).pow(gamma) * pos_mask
     neg = F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits),
                                              reduction="none") * neg_mask
+    if neg_focal:
+        neg = neg * prob.pow(gamma)
     zero = F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, zero_target),
                                               reduction="none") * zero_mask
     return {"pos": pos, "neg": neg, "zero": zero}
@@ -53,7 +58,8 @@ def masked_focal_terms(logits: torch.Tensor, labels: torch.Tensor, gamma: float 
 def masked_focal_loss(logits: torch.Tensor, labels: torch.Tensor, labels_b: torch.Tensor | None = None,
                       lam: float = 1.0, gamma: float = 2.0, w_pos: float = 2.0, w_neg: float = 1.0,
                       w_zero: float = 1.0, zero_target: float = 0.45,
-                      mix_negative: bool = False, w_rank: float = 0.0) -> torch.Tensor:
+                      mix_negative: bool = False, w_rank: float = 0.0,
+                      neg_focal: bool = True) -> torch.Tensor:
     """Stage-2/3 loss: w_pos * pos + w_neg * neg + w_zero * zero, each term the mean over the
     batch entries its mask selects (so ~20 unknown classes per crop do not outweigh the one
     or two labelled ones; a term with no entry is 0).
@@ -63,13 +69,14 @@ def masked_focal_loss(logits: torch.Tensor, labels: torch.Tensor, labels_b: torc
     The negative term is not mixed (recipe): a class marked absent (-1) in one component
     stays absent in the mix unless the other component has it present, so each component's
     negatives count in full where the other component is not +1. `mix_negative=True` mixes
-    the negative term by lam like the others instead.
+    the negative term by lam like the others instead. `neg_focal=False` makes the negative
+    term plain BCE (see masked_focal_terms).
 
     `w_rank` > 0 adds the stage-1 objective, w_rank * LSEP with the +1 entries as positives and
     every other entry as a negative (mixed by lam like the positive term): fine-tuning with
     the sigmoid terms alone lets the within-crop ranking that stage 1 learned drift.
     """
-    ta = masked_focal_terms(logits, labels, gamma, zero_target)
+    ta = masked_focal_terms(logits, labels, gamma, zero_target, neg_focal)
     # the terms mixed by lam: positive, zero and (when on) the rank term; LSEP takes the
     # entries > 0.5 as positives, so the -1 and 0 entries are its negatives
     mixed_terms = lambda t, y: w_pos * _mean(t["pos"], y > 0.5) \
@@ -77,7 +84,7 @@ def masked_focal_loss(logits: torch.Tensor, labels: torch.Tensor, labels_b: torc
         + (w_rank * lsep_loss(logits, y) if w_rank else 0.0)  # noqa: E731
     if labels_b is None:
         return mixed_terms(ta, labels) + w_neg * _mean(ta["neg"], labels < -0.5)
-    tb = masked_focal_terms(logits, labels_b, gamma, zero_target)
+    tb = masked_focal_terms(logits, labels_b, gamma, zero_target, neg_focal)
     mixed = lam * mixed_terms(ta, labels) + (1 - lam) * mixed_terms(tb, labels_b)
     if mix_negative:
         neg = lam * _mean(ta["neg"], labels < -0.5) + (1 - lam) * _mean(tb["neg"], labels_b < -0.5)

@@ -6,8 +6,9 @@ import math
 import pytest
 import torch
 
-from common.cli import ConfigError
-from common.losses import bce_loss, get_loss, lsep_loss, masked_focal_terms
+from common.cli import ConfigError, parse_cfg
+from common.losses import (bce_loss, get_loss, lsep_loss, masked_focal_loss,
+                           masked_focal_terms)
 
 
 def t(rows):
@@ -104,7 +105,7 @@ def test_masked_focal_terms_hand_computed():
     out = masked_focal_terms(t([z]), t([labels]))
     p = [sig(v) for v in z]
     pos = [-math.log(p[0]) * (1 - p[0]) ** 2, 0.0, 0.0, -math.log(p[3]) * (1 - p[3]) ** 2]
-    neg = [0.0, -math.log(1 - p[1]), 0.0, 0.0]
+    neg = [0.0, -math.log(1 - p[1]) * p[1] ** 2, 0.0, 0.0]  # focal negative, gamma 2
     zero = [0.0, 0.0, -(0.45 * math.log(p[2]) + 0.55 * math.log(1 - p[2])), 0.0]
     for key, expected in (("pos", pos), ("neg", neg), ("zero", zero)):
         assert out[key].shape == (1, 4)
@@ -140,3 +141,55 @@ def test_masked_focal_stable_for_huge_logits():
     assert torch.isfinite(total)
     total.backward()
     assert torch.isfinite(logits.grad).all()
+
+
+# ----------------------------------------------------------------------------- focal negative
+def test_negative_term_is_focal_hand_computed():
+    # three -1 entries: BCE(z, 0) * p^gamma, i.e. -log(1 - p) * p^gamma
+    z = [-0.5, 1.5, 3.0]
+    for gamma in (2.0, 1.0):
+        out = masked_focal_terms(t([z]), t([[-1, -1, -1]]), gamma=gamma)
+        expected = [-math.log(1 - sig(v)) * sig(v) ** gamma for v in z]
+        torch.testing.assert_close(out["neg"][0], torch.tensor(expected, dtype=torch.float64),
+                                   rtol=1e-10, atol=1e-12)
+    # a confident wrong entry (p = 0.95) keeps most of its BCE, an easy one (p = 0.05) almost none
+    hard, easy = math.log(19.0), -math.log(19.0)
+    out = masked_focal_terms(t([[hard, easy]]), t([[-1, -1]]))
+    assert out["neg"][0, 0].item() == pytest.approx(-math.log(0.05) * 0.95 ** 2, rel=1e-9)
+    assert out["neg"][0, 1].item() == pytest.approx(-math.log(0.95) * 0.05 ** 2, rel=1e-9)
+
+
+def test_neg_focal_switch_gives_plain_bce():
+    z = [[-0.5, 1.5, 3.0, 0.2]]
+    labels = [[-1, -1, 1, 0]]
+    plain = masked_focal_terms(t(z), t(labels), neg_focal=False)
+    focal = masked_focal_terms(t(z), t(labels))
+    expected = [-math.log(1 - sig(z[0][0])), -math.log(1 - sig(z[0][1])), 0.0, 0.0]
+    torch.testing.assert_close(plain["neg"][0], torch.tensor(expected, dtype=torch.float64),
+                               rtol=1e-10, atol=1e-12)
+    for key in ("pos", "zero"):  # the switch touches the negative term only
+        assert torch.equal(plain[key], focal[key])
+    # the loss: w_pos * pos + w_neg * (mean of the two negatives) + w_zero * zero
+    p = [sig(v) for v in z[0]]
+    pos = -math.log(p[2]) * (1 - p[2]) ** 2
+    zero = -(0.45 * math.log(p[3]) + 0.55 * math.log(1 - p[3]))
+    assert masked_focal_loss(t(z), t(labels), neg_focal=False).item() == pytest.approx(
+        2 * pos + (expected[0] + expected[1]) / 2 + zero, rel=1e-9)
+    focal_neg = (expected[0] * p[0] ** 2 + expected[1] * p[1] ** 2) / 2
+    assert masked_focal_loss(t(z), t(labels)).item() == pytest.approx(2 * pos + focal_neg + zero,
+                                                                      rel=1e-9)
+
+
+def test_stage_cfg_passes_the_switch_and_stage2_positive_weight(scripts):
+    s3 = scripts("04_train_stage3")
+    profile = ["--cfg_file=profiles/demo.json"]
+    stage2 = parse_cfg(s3.CFG, "stage2", profile, defaults=s3.STAGE2_DEFAULTS)
+    stage3 = parse_cfg(s3.CFG, "stage3", profile)
+    assert stage2.w_pos == 1.0 and stage3.w_pos == 2.0  # alpha 1 in stage 2, 2 in stage 3
+    assert s3.loss_kw(stage3)["neg_focal"] is True
+    plain = parse_cfg(s3.CFG, "stage3", [*profile, "--neg_focal=false"])
+    assert s3.loss_kw(plain)["neg_focal"] is False
+    plain = parse_cfg(s3.CFG, "stage3", ["--neg_focal=false"])  # no profile: w_rank 0
+    z, y = t([[2.0, -1.0]]), t([[-1, 1]])
+    assert masked_focal_loss(z, y, **s3.loss_kw(plain)).item() == pytest.approx(
+        2 * -math.log(sig(-1.0)) * (1 - sig(-1.0)) ** 2 + -math.log(1 - sig(2.0)), rel=1e-9)

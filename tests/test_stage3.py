@@ -44,7 +44,7 @@ def test_pseudo_positive_over_fp_becomes_unknown_and_over_nothing_positive():
     _, with_pseudo = ds[0]
     _, without = ds_plain[0]
     assert without.tolist() == [1.0, -1.0, 0.0]
-    # min(base + pseudo, 1): TP+pseudo -> 1, FP+pseudo -> 0 (unknown), unknown+pseudo -> 1
+    # common.data.combine_pseudo: TP+pseudo -> 1, FP+pseudo -> 0 (unknown), unknown+pseudo -> 1
     assert with_pseudo.tolist() == [1.0, 0.0, 1.0]
 
 
@@ -114,13 +114,13 @@ def test_masked_focal_terms_hand_computed():
     z = torch.zeros(1, 3)
     terms = masked_focal_terms(z, torch.tensor([[1.0, -1.0, 0.0]]), gamma=2.0, zero_target=0.45)
     assert terms["pos"].tolist()[0] == pytest.approx([LN2 * 0.25, 0, 0], abs=1e-6)
-    assert terms["neg"].tolist()[0] == pytest.approx([0, LN2, 0], abs=1e-6)
+    assert terms["neg"].tolist()[0] == pytest.approx([0, LN2 * 0.25, 0], abs=1e-6)  # focal: p^2
     assert terms["zero"].tolist()[0] == pytest.approx([0, 0, LN2], abs=1e-6)
     z = torch.tensor([[2.0, 2.0, 2.0]])
     p = 1 / (1 + math.exp(-2.0))
     terms = masked_focal_terms(z, torch.tensor([[1.0, -1.0, 0.0]]), gamma=2.0, zero_target=0.45)
     assert terms["pos"][0, 0].item() == pytest.approx(-math.log(p) * (1 - p) ** 2, rel=1e-5)
-    assert terms["neg"][0, 1].item() == pytest.approx(-math.log(1 - p), rel=1e-5)
+    assert terms["neg"][0, 1].item() == pytest.approx(-math.log(1 - p) * p ** 2, rel=1e-5)
     assert terms["zero"][0, 2].item() == pytest.approx(
         -(0.45 * math.log(p) + 0.55 * math.log(1 - p)), rel=1e-5)
 
@@ -128,8 +128,8 @@ def test_masked_focal_terms_hand_computed():
 def test_masked_focal_loss_weights_and_stage2_zero_off():
     z = torch.zeros(1, 3)
     y = torch.tensor([[1.0, -1.0, 0.0]])
-    assert masked_focal_loss(z, y).item() == pytest.approx(2 * 0.25 * LN2 + LN2 + LN2, rel=1e-5)
-    assert masked_focal_loss(z, y, w_zero=0.0).item() == pytest.approx(0.5 * LN2 + LN2, rel=1e-5)
+    assert masked_focal_loss(z, y).item() == pytest.approx(2 * 0.25 * LN2 + 0.25 * LN2 + LN2, rel=1e-5)
+    assert masked_focal_loss(z, y, w_zero=0.0).item() == pytest.approx(0.5 * LN2 + 0.25 * LN2, rel=1e-5)
 
 
 def test_each_term_is_a_mean_over_its_entries():
@@ -138,7 +138,7 @@ def test_each_term_is_a_mean_over_its_entries():
     y = torch.tensor([[1.0, -1.0] + [0.0] * 10])
     p = torch.sigmoid(z[0])
     pos = -torch.log(p[0]) * (1 - p[0]) ** 2
-    neg = -torch.log(1 - p[1])
+    neg = -torch.log(1 - p[1]) * p[1] ** 2
     zero = -(0.45 * torch.log(p[2]) + 0.55 * torch.log(1 - p[2]))
     expected = (2 * pos + neg + zero).item()
     assert masked_focal_loss(z, y).item() == pytest.approx(expected, rel=1e-5)
@@ -150,11 +150,12 @@ def test_mixup_rule_positive_and_zero_mixed_negative_not():
     a = torch.tensor([[-1.0, 0.0, 0.0]])
     b = torch.tensor([[0.0, 0.0, 0.0]])
     lam = 0.25
-    # neg of a counts fully (b is not positive there); zero terms (means) mixed by lambda
-    expected = LN2 * (1 + lam * 1 + (1 - lam) * 1)
+    # neg of a counts fully (b is not positive there; focal at p = 0.5: LN2 / 4); zero terms
+    # (means) mixed by lambda
+    expected = LN2 * (0.25 + lam * 1 + (1 - lam) * 1)
     assert masked_focal_loss(z, a, b, lam).item() == pytest.approx(expected, rel=1e-5)
     # switch: the negative term mixed by lambda as well (b has no negative entry)
-    expected_mixed = LN2 * (lam * 1 + lam * 1 + (1 - lam) * 1)
+    expected_mixed = LN2 * (lam * 0.25 + lam * 1 + (1 - lam) * 1)
     assert masked_focal_loss(z, a, b, lam, mix_negative=True).item() == \
         pytest.approx(expected_mixed, rel=1e-5)
     # a class absent in one component but present in the other is not pushed down
