@@ -53,8 +53,8 @@ def model_cfg(cfg, classes: list, sample_rate: int) -> dict:
         raise ConfigError(f"model settings: {err}") from None
     if weights:  # a weights file that fits less than half of the backbone stops here, too
         target = getattr(dry.backbone, "vit", dry.backbone)  # a ViT loads before its wrapper
-        match_backbone_weights(target.state_dict(), weights, out["in_chans"] + bool(out["freq_coord"]),
-                               out["backbone"])
+        chans = out["in_chans"] + bool(out["freq_coord"])
+        match_backbone_weights(target.state_dict(), weights, chans, out["backbone"])
     return out
 
 

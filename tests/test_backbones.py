@@ -113,8 +113,8 @@ def test_other_architecture_stops_naming_the_first_mismatches(tmp_path, scripts,
         assert str(path) in message and "tf_efficientnet_b2" in message
         assert f"of the {len(target)} tensors" in message and "fewer than half" in message
         assert first in message
-        assert f"file {list(source.state_dict()[first].shape)} vs model {list(target[first].shape)}" \
-            in message
+        shapes = list(source.state_dict()[first].shape), list(target[first].shape)
+        assert f"file {shapes[0]} vs model {shapes[1]}" in message
         assert "same architecture" in message  # what to do
     assert "loaded" not in capsys.readouterr().out  # nothing was loaded, nothing reported
 
