@@ -1,5 +1,5 @@
 """Backbones behind the SED head: any timm model, a ViT sized to the mel image, the kit's
-own PANNs Cnn14/Cnn10 (RECIPE.md section 5) and a 1-D WaveNet over the raw waveform.
+own PANNs Cnn14/Cnn10 (docs/recipe.md, "PANNs Cnn14") and a 1-D WaveNet over the raw waveform.
 
 Every backbone has `num_features`, `takes_wave` (True: it reads the waveform (B, N), not
 the mel image) and `forward_features(x) -> (B, C, F', T')`. Nothing is downloaded:

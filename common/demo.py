@@ -6,8 +6,8 @@
 Writes train/*.flac, test/*.flac (mono PCM_16), train_tp.csv, train_fp.csv,
 sample_submission.csv, test_truth.csv (complete 0/1 test labels), demo_events.csv (every
 sound placed, for checks) and demo_meta.json. It is hard the way RFCx is: 24 species in
-their real bands and durations (RECIPE.md section 1) with distinct call shapes and a few
-look-alike pairs; train labels are sparse (one species, one or two calls annotated per
+their real bands and durations (docs/recipe.md, "RFCx species table") with distinct
+call shapes and a few look-alike pairs; train labels are sparse (one species, one or two calls annotated per
 recording while others call unannotated); FP rows mark look-alikes in the species' band
 (a call of another species, an unlisted decoy of the same family, or a noise burst); test
 prevalence is skewed (s3 in ~90 % of clips, s18 in ~45 %, several under 3 %); background

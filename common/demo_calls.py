@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
-_S = [  # f_lo, f_hi (Hz) and median_s: RECIPE.md section 1; the rest is this demo's design
+# f_lo, f_hi (Hz) and median_s: docs/recipe.md ("RFCx species table"); the rest is this demo's design
+_S = [
     (5906, 8250, 0.79, "down", 7900, 6300, 0), (3844, 5625, 0.90, "up", 4000, 5400, 0),
     (469, 3000, 1.78, "harmonic", 720, 650, 0), (1031, 2813, 0.74, "up", 1200, 2600, 0),
     (2344, 4219, 1.86, "warble", 3300, 600, 4.0), (4781, 11250, 2.35, "warble", 7800, 1800, 2.5),

@@ -1,4 +1,5 @@
-"""SED model: mel front end -> any timm backbone -> attention head (RECIPE.md section 2).
+"""SED model: mel front end -> any timm backbone -> attention head (docs/recipe.md,
+"Front end and SED model").
 
 The model returns a dict with stable keys:
   clip_logit (B, K)  attention-pooled pre-sigmoid logit, used by losses and predictions
