@@ -41,3 +41,26 @@ def test_bench_runs_and_writes_every_ratio(tmp_path):
     # the long recording is 10x the short one, and both memory figures were taken
     assert result["memory"]["long"]["minutes"] == 10 * result["memory"]["short"]["minutes"]
     assert result["memory"]["long"]["infer"]["peak_rss_mb"] > 0
+
+
+def test_devsets_table_reads_each_work_dir(tmp_path):
+    """bench/devsets.py: one row per dataset and stage from the work folder's summary.json."""
+    from bench import devsets
+    work = tmp_path / "devsets" / "nips4b"
+    work.mkdir(parents=True)
+    (work / "summary.json").write_text(json.dumps({
+        "stage1": {"cv_lwlrap": 0.41, "cv_lwlrap_calibrated": 0.39, "test_lwlrap": 0.48,
+                   "test_lwlrap_calibrated": 0.49, "test_prevalence_baseline": 0.16,
+                   "seconds": 900.0},
+        "stage3": {"cv_lwlrap": 0.42, "test_lwlrap": 0.5, "seconds": 400.0},
+        "pseudo": {"positives": 20, "seconds": 17.0},
+        "ensemble": {"cv_lwlrap": 0.43, "test_lwlrap": 0.51, "test_lwlrap_no_prior": 0.5,
+                     "seconds": 20.0}}))
+    rows = devsets.rows_of("nips4b", work)
+    by_stage = {r["stage"]: r for r in rows}
+    assert by_stage["stage1"]["cv_cal"] == 0.39 and by_stage["stage1"]["baseline"] == 0.16
+    assert by_stage["ensemble"]["test"] == 0.5 and by_stage["ensemble"]["test_cal"] == 0.51
+    assert by_stage["stage2"]["cv"] is None  # a stage that did not run stays empty
+    text = devsets.render(rows)
+    assert "| nips4b | stage1 | 0.4100 | 0.3900 | 0.4800 | 0.4900 | 0.1600 | 900 |" in text
+    assert "pseudo (20 windows)" in text
