@@ -11,7 +11,7 @@ PROFILE ?= profiles/demo.json
 SECOND_BACKBONE ?=
 ARGS := --cfg_file=$(PROFILE) --input_dir=$(INPUT_DIR) --work_dir=$(WORK_DIR)
 
-.PHONY: install demo rounds test bench devsets clean
+.PHONY: install demo rounds test bench devsets kaggle clean
 
 install: $(VENV)/.installed
 
@@ -58,6 +58,12 @@ bench: install
 DEVSETS ?= demo,demo_hard,nips4b
 devsets: install
 	$(PYTHON) -m bench.devsets --sets=$(DEVSETS) --profile=$(PROFILE) --work_dir=$(WORK_DIR)
+
+# One pasteable file per stage for Kaggle kernels (common/bundle.py): KAGGLE_DIR/NN_*.py and
+# .ipynb, each the stage plus exactly the kit modules it imports; runs where the repo is not.
+KAGGLE_DIR ?= dist/kaggle
+kaggle: install
+	$(PYTHON) -m common.bundle --out_dir=$(KAGGLE_DIR)
 
 clean:
 	rm -rf $(WORK_DIR)
