@@ -47,7 +47,9 @@ class CFG:
                                    # the CPU, 250 on a GPU (~200 batches an epoch: the steady
                                    # state, not the loader's start-up)
     device: str = "auto"           # auto | cpu | cuda
-    amp: str = "none"              # none | bf16 | fp16 for the model figures
+    amp: str = "none"              # none | bf16 | fp16: precision of the model figures and ratios
+    compare_amp: str = "bf16"      # a second precision measured in the same rounds (keys with
+                                   # a _bf16 / _fp32 suffix, speedups in amp_speedup); "" = off
     profile_epoch: bool = False    # also profile one training epoch (torch.profiler)
 
 
@@ -65,6 +67,29 @@ def decode_resample(files: list, sr: int) -> None:
     for path in files:
         wave, source_sr = sf.read(str(path), dtype="float32")
         soxr.resample(wave, source_sr, sr, quality="HQ")
+
+
+def decode_resample_one(path: str, sr: int) -> None:
+    decode_resample([path], sr)
+
+
+def decode_resample_parallel(files: list, sr: int, workers: int) -> None:
+    """The floor in `workers` processes at once, pool and one file per task as the kit's
+    preprocessing runs them: what this machine gives to that many decoders together."""
+    from functools import partial
+
+    pre = model_bench.script("01_preprocess")
+    with ProcessPoolExecutor(min(workers, len(files)), initializer=pre.single_thread) as pool:
+        list(pool.map(partial(decode_resample_one, sr=sr), [str(p) for p in files], chunksize=1))
+
+
+def stream_only(files: list, sr: int) -> None:
+    """The kit's decode path (common.audio.stream_audio: blocks, peak and non-finite check,
+    streamed soxr) without the float16 conversion and the write."""
+    from common.audio import stream_audio
+    for path in files:
+        for _ in stream_audio(path, sr, {}):
+            pass
 
 
 def librosa_loop(files: list, sr: int, front: dict) -> None:
@@ -98,6 +123,8 @@ def preprocess_figures(cfg: CFG, files: list, sr: int, front: dict, cache_dir: P
     out.update(model_bench.interleaved_rates({
         "decode_only_x": (audio_s, lambda: decode_only(files)),
         "decode_resample_x": (audio_s, lambda: decode_resample(files, sr)),
+        "decode_resample_parallel_x": (audio_s, lambda: decode_resample_parallel(files, sr, workers)),
+        "stream_only_x": (audio_s, lambda: stream_only(files, sr)),
         "librosa_loop_x": (audio_s, lambda: librosa_loop(files, sr, front)),
         "preprocess_1_worker_x": (audio_s, lambda: preprocess(files, cache_dir, sr, 1)),
         "preprocess_x": (audio_s, lambda: preprocess(files, cache_dir, sr, workers))},
@@ -106,6 +133,14 @@ def preprocess_figures(cfg: CFG, files: list, sr: int, front: dict, cache_dir: P
     # the most preprocess_vs_librosa_ratio can be on this machine while the cache holds the
     # training rate: every worker at the decode+resample floor, scaling perfectly
     out["decode_resample_bound_vs_librosa"] = workers * out["decode_resample_x"] / out["librosa_loop_x"]
+    # where preprocess_vs_floor_ratio goes: one worker against the floor (the kit's own
+    # per-file work: stream_only_x without the write), the machine's parallel scaling of
+    # the floor itself, and the kit's workers against that parallel floor
+    out["floor"] = workers * out["decode_resample_x"]
+    out["one_worker_vs_floor"] = out["preprocess_1_worker_x"] / out["decode_resample_x"]
+    out["stream_only_vs_floor"] = out["stream_only_x"] / out["decode_resample_x"]
+    out["floor_parallel_scaling"] = out["decode_resample_parallel_x"] / out["floor"]
+    out["preprocess_vs_parallel_floor"] = out["preprocess_x"] / out["decode_resample_parallel_x"]
     return out
 
 
@@ -179,8 +214,9 @@ def machine() -> dict:
             "load_average_at_start": os.getloadavg()}
 
 
-TARGETS = {  # key: (minimum or maximum, bound)
-    "preprocess_vs_librosa_ratio": ("min", 3.0),
+TARGETS = {  # key: (minimum or maximum, bound); the loop/model ratios of the compared
+    # precision (train_vs_model_ratio_bf16, ...) are held to the same bounds
+    "preprocess_vs_floor_ratio": ("min", 0.85),
     "preprocess_vs_decode_ratio": ("min", 0.5),
     "train_vs_model_ratio": ("min", 0.8),
     "infer_vs_model_ratio": ("min", 0.8),
@@ -189,15 +225,48 @@ TARGETS = {  # key: (minimum or maximum, bound)
 
 
 def ratios(pre: dict, model: dict, memory: dict) -> dict:
-    return {
+    from bench.model_bench import amp_suffix
+
+    out = {
+        # the target: every worker at the per-core decode + resample floor (issue 20)
+        "preprocess_vs_floor_ratio": pre["preprocess_x"] / pre["floor"],
+        # reported, no target: 3x needs 3 cores or more at the floor (README)
         "preprocess_vs_librosa_ratio": pre["preprocess_x"] / pre["librosa_loop_x"],
         # per process: one worker against one decoding loop
         "preprocess_vs_decode_ratio": pre["preprocess_1_worker_x"] / pre["decode_only_x"],
-        "train_vs_model_ratio": model["train_samples_per_s"] / model["model_step_samples_per_s"],
-        "infer_vs_model_ratio": model["infer_x"] / model["forward_x"],
         "memory_10x_length_ratio": max(memory["preprocess_10x_length_ratio"],
                                        memory["infer_10x_length_ratio"]),
     }
+    amps = model["amps"]
+    for amp in amps:  # the kit's loop against the pure model at the same precision
+        sfx = amp_suffix(amp, amps[0])
+        out[f"train_vs_model_ratio{sfx}"] = (model[f"train_samples_per_s{sfx}"]
+                                             / model[f"model_step_samples_per_s{sfx}"])
+        out[f"infer_vs_model_ratio{sfx}"] = model[f"infer_x{sfx}"] / model[f"forward_x{sfx}"]
+    return out
+
+
+def amp_speedup(model: dict) -> dict:
+    """The compared precision's throughput over the headline one's, per figure (>1: faster)."""
+    amps = model["amps"]
+    if len(amps) < 2:
+        return {}
+    from bench.model_bench import amp_suffix
+
+    sfx = amp_suffix(amps[1], amps[0])
+    name = f"{sfx[1:]}_vs_{'fp32' if amps[0] == 'none' else amps[0]}"
+    keys = {"train_loop": "train_samples_per_s", "model_step": "model_step_samples_per_s",
+            "infer": "infer_x", "forward": "forward_x"}
+    return {"name": name, **{k: model[key + sfx] / model[key] for k, key in keys.items()}}
+
+
+def targets_met(result: dict) -> dict:
+    """{ratio key: bound met} for every targeted key, the compared precision's too."""
+    met = {}
+    for key, (kind, bound) in TARGETS.items():
+        for name in [k for k in result if k == key or k.startswith(key + "_")]:
+            met[name] = result[name] >= bound if kind == "min" else result[name] <= bound
+    return met
 
 
 def main(cfg: CFG) -> dict:
@@ -213,6 +282,7 @@ def main(cfg: CFG) -> dict:
     result = {"machine": machine(), "config": {"profile": cfg.profile, "backbone": mcfg["backbone"],
                                                "crop_seconds": stage1.crop_seconds,
                                                "batch_size": stage1.batch_size, "amp": cfg.amp,
+                                               "compare_amp": cfg.compare_amp,
                                                "crops_per_row": stage1.crops_per_row,
                                                "num_workers": stage1.num_workers,
                                                "infer_batch": stage1.infer_batch}}
@@ -225,8 +295,8 @@ def main(cfg: CFG) -> dict:
     phase("memory figures")
     result["memory"] = memory_figures(cfg, sr, mcfg)
     result.update(ratios(result["preprocess"], result["model"], result["memory"]))
-    result["targets_met"] = {k: (result[k] >= bound if kind == "min" else result[k] <= bound)
-                             for k, (kind, bound) in TARGETS.items()}
+    result["amp_speedup"] = amp_speedup(result["model"])
+    result["targets_met"] = targets_met(result)
     result["machine"]["load_average_at_end"] = os.getloadavg()  # others' jobs skew figures
     result["seconds"] = round(time.time() - tic, 1)
     runs.save_json(Path(cfg.work_dir) / "bench.json", result)

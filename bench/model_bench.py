@@ -63,7 +63,15 @@ def interleaved_rates(measures: dict, repeats: int) -> dict:
     return {name: amount / best[name] for name, (amount, _) in measures.items()}
 
 
-def training(cfg, stage1, prep, mcfg, device) -> tuple[dict, object]:
+def amp_suffix(amp: str, headline: str) -> str:
+    """Key suffix of a precision's figures: none for the headline precision (`--amp`),
+    `_bf16` / `_fp16` / `_fp32` for the one compared with it."""
+    return "" if amp == headline else f"_{'fp32' if amp == 'none' else amp}"
+
+
+def training(cfg, stage1, prep, mcfg, device, amps: list) -> tuple[dict, object]:
+    """The kit's stage-1 epoch against the pure model step, at each precision of `amps`
+    (the first is the headline `--amp`), all taking turns in the same rounds."""
     from common.train import train_epoch
 
     s1 = script("02_train_stage1")
@@ -80,23 +88,29 @@ def training(cfg, stage1, prep, mcfg, device) -> tuple[dict, object]:
     labels = labels.to(device)
     fake = [(pool[i % 4][:n], labels[:n]) for i, n in enumerate(sizes)]
 
-    def run(loader):
+    def run(loader, amp):
         return lambda: train_epoch(model, loader() if callable(loader) else loader, step,
-                                   optimizer, device, stage1.amp, desc="bench")
+                                   optimizer, device, amp, desc="bench")
 
-    rates = interleaved_rates({"train_samples_per_s": (samples, run(lambda: make_loader(0))),
-                               "model_step_samples_per_s": (samples, run(fake))}, cfg.repeats)
-    out = {"train_samples_per_epoch": samples, **rates}
+    measures = {}
+    for amp in amps:
+        sfx = amp_suffix(amp, amps[0])
+        run(fake[:2], amp)()  # warm-up steps at this precision (first calls pick kernels)
+        measures[f"train_samples_per_s{sfx}"] = (samples, run(lambda: make_loader(0), amp))
+        measures[f"model_step_samples_per_s{sfx}"] = (samples, run(fake, amp))
+    out = {"train_samples_per_epoch": samples, **interleaved_rates(measures, cfg.repeats)}
     if cfg.profile_epoch:
-        out["profile"] = profile_epoch(model, make_loader(0), step, optimizer, device, stage1.amp,
+        out["profile"] = profile_epoch(model, make_loader(0), step, optimizer, device, amps[0],
                                        Path(cfg.work_dir) / "bench_profile.txt")
     return out, model
 
 
-def inference(cfg, stage1, model, cache_dir: Path, ids: list, sr: int, device) -> dict:
+def inference(cfg, stage1, model, cache_dir: Path, ids: list, sr: int, device,
+              amps: list) -> dict:
     """The real test inference (windows at the profile's final stride, read from the cache,
     batched, moved, scored) next to the pure forward pass over as many windows of a batch
-    already on the device; both as audio seconds of the recordings per second."""
+    already on the device; both as audio seconds of the recordings per second, at each
+    precision of `amps` (the mel front end stays float32 under autocast)."""
     from common.audio import WaveCache
     from common.infer import predict_recordings, window_starts
     from common.stage import windows
@@ -109,21 +123,28 @@ def inference(cfg, stage1, model, cache_dir: Path, ids: list, sr: int, device) -
     batches = [min(stage1.infer_batch, n_windows - b) for b in range(0, n_windows, stage1.infer_batch)]
     fake = torch.zeros(stage1.infer_batch, window, device=device).uniform_(-0.1, 0.1)
 
-    def real():
-        with autocast(device, stage1.amp):
-            predict_recordings(model, cache, ids, window, stride, stage1.infer_batch, device)
+    def real(amp):
+        def go():
+            with autocast(device, amp):
+                predict_recordings(model, cache, ids, window, stride, stage1.infer_batch, device)
+        return go
 
-    @torch.inference_mode()
-    def forward():
-        model.eval()
-        with autocast(device, stage1.amp):
-            torch.cat([model(fake[:size])["clip_logit"].float() for size in batches]).cpu()
+    def forward(amp):
+        @torch.inference_mode()
+        def go():
+            model.eval()
+            with autocast(device, amp):
+                torch.cat([model(fake[:size])["clip_logit"].float() for size in batches]).cpu()
+        return go
 
-    real()  # warm-up
-    rates = interleaved_rates({"infer_x": (audio_s, real), "forward_x": (audio_s, forward)},
-                              cfg.repeats)
+    measures = {}
+    for amp in amps:
+        real(amp)()  # warm-up
+        sfx = amp_suffix(amp, amps[0])
+        measures[f"infer_x{sfx}"] = (audio_s, real(amp))
+        measures[f"forward_x{sfx}"] = (audio_s, forward(amp))
     return {"infer_audio_seconds": audio_s, "infer_windows": n_windows,
-            "infer_stride_seconds": stride / sr, **rates}
+            "infer_stride_seconds": stride / sr, **interleaved_rates(measures, cfg.repeats)}
 
 
 def profile_epoch(model, loader, step, optimizer, device, amp: str, path: Path) -> dict:
@@ -148,10 +169,17 @@ def profile_epoch(model, loader, step, optimizer, device, amp: str, path: Path) 
                              for e in top}, "table": str(path)}
 
 
+def precisions(cfg) -> list:
+    """[--amp, --compare_amp] (the comparison dropped when off or the same)."""
+    other = getattr(cfg, "compare_amp", "")
+    return [cfg.amp] + ([other] if other and other != cfg.amp else [])
+
+
 def model_figures(cfg, stage1, prep, mcfg, cache_dir: Path, ids: list) -> dict:
     from common.infer import resolve_device
 
     device = resolve_device(cfg.device)
-    train, model = training(cfg, stage1, prep, mcfg, device)
-    return {"device": str(device), **train,
-            **inference(cfg, stage1, model, cache_dir, ids, prep.sample_rate, device)}
+    amps = precisions(cfg)
+    train, model = training(cfg, stage1, prep, mcfg, device, amps)
+    return {"device": str(device), "amps": amps, **train,
+            **inference(cfg, stage1, model, cache_dir, ids, prep.sample_rate, device, amps)}
