@@ -73,14 +73,19 @@ def decode_resample_one(path: str, sr: int) -> None:
     decode_resample([path], sr)
 
 
-def decode_resample_parallel(files: list, sr: int, workers: int) -> None:
+def decode_resample_parallel(files: list, sr: int, workers: int, fn=decode_resample_one) -> None:
     """The floor in `workers` processes at once, pool and one file per task as the kit's
-    preprocessing runs them: what this machine gives to that many decoders together."""
+    preprocessing runs them: what this machine gives to that many decoders together.
+    With fn=nothing: the pool's own cost (start, one task per file, shutdown)."""
     from functools import partial
 
     pre = model_bench.script("01_preprocess")
     with ProcessPoolExecutor(min(workers, len(files)), initializer=pre.single_thread) as pool:
-        list(pool.map(partial(decode_resample_one, sr=sr), [str(p) for p in files], chunksize=1))
+        list(pool.map(partial(fn, sr=sr), [str(p) for p in files], chunksize=1))
+
+
+def nothing(path: str, sr: int) -> None:
+    """A pool task that does no work (the pool-overhead figure)."""
 
 
 def stream_only(files: list, sr: int) -> None:
@@ -125,6 +130,7 @@ def preprocess_figures(cfg: CFG, files: list, sr: int, front: dict, cache_dir: P
         "decode_resample_x": (audio_s, lambda: decode_resample(files, sr)),
         "decode_resample_parallel_x": (audio_s, lambda: decode_resample_parallel(files, sr, workers)),
         "stream_only_x": (audio_s, lambda: stream_only(files, sr)),
+        "pool_only_x": (audio_s, lambda: decode_resample_parallel(files, sr, workers, nothing)),
         "librosa_loop_x": (audio_s, lambda: librosa_loop(files, sr, front)),
         "preprocess_1_worker_x": (audio_s, lambda: preprocess(files, cache_dir, sr, 1)),
         "preprocess_x": (audio_s, lambda: preprocess(files, cache_dir, sr, workers))},
@@ -141,6 +147,8 @@ def preprocess_figures(cfg: CFG, files: list, sr: int, front: dict, cache_dir: P
     out["stream_only_vs_floor"] = out["stream_only_x"] / out["decode_resample_x"]
     out["floor_parallel_scaling"] = out["decode_resample_parallel_x"] / out["floor"]
     out["preprocess_vs_parallel_floor"] = out["preprocess_x"] / out["decode_resample_parallel_x"]
+    # seconds of a preprocessing run spent starting and stopping the pool and passing tasks
+    out["pool_share_of_preprocess"] = out["preprocess_x"] / out["pool_only_x"]
     return out
 
 

@@ -34,12 +34,13 @@ def test_bench_runs_and_writes_every_ratio(tmp_path):
     assert "preprocess_vs_librosa_ratio" not in result["targets_met"]
     pre = result["preprocess"]
     for key in ("decode_only_x", "decode_resample_x", "decode_resample_parallel_x",
-                "stream_only_x", "librosa_loop_x", "preprocess_1_worker_x", "preprocess_x"):
+                "stream_only_x", "pool_only_x", "librosa_loop_x", "preprocess_1_worker_x", "preprocess_x"):
         assert pre[key] > 0, key
     assert math.isclose(result["preprocess_vs_floor_ratio"],
                         pre["preprocess_x"] / (2 * pre["decode_resample_x"]), rel_tol=1e-9)
     assert math.isclose(pre["floor_parallel_scaling"] * pre["preprocess_vs_parallel_floor"],
                         result["preprocess_vs_floor_ratio"], rel_tol=1e-9)
+    assert 0 < pre["pool_share_of_preprocess"] < 1  # the pool alone is faster than the work
     assert pre["audio_seconds"] == 120.0 and pre["workers"] == 2
     assert math.isclose(pre["decode_resample_bound_vs_librosa"],
                         2 * pre["decode_resample_x"] / pre["librosa_loop_x"], rel_tol=1e-9)
