@@ -60,13 +60,13 @@ def ensure_demo(cfg: CFG) -> None:
     """Generate the embedded demo dataset if input_dir is the demo folder and it is empty."""
     if paths.is_demo_input(cfg.input_dir, paths.BIRDCLEF_DEMO_INPUT) and \
             not birdclef.is_birdclef(cfg.input_dir):
-        from common.demo_birdclef import BirdDemoSpec, write_birdclef_demo
+        from common.demos.birdclef import BirdDemoSpec, write_birdclef_demo
         print(f"writing the BirdCLEF-layout demo dataset to {cfg.input_dir}", flush=True)
         write_birdclef_demo(cfg.input_dir, BirdDemoSpec(seed=cfg.demo_seed),
                             workers=cfg.workers or os.cpu_count())
     if not paths.is_demo_input(cfg.input_dir) or (Path(cfg.input_dir) / "train_tp.csv").exists():
         return
-    from common.demo import DemoSpec, write_rfcx_demo
+    from common.demos.rfcx import DemoSpec, write_rfcx_demo
     spec = DemoSpec(seed=cfg.demo_seed, n_train=cfg.demo_n_train, n_test=cfg.demo_n_test,
                     duration=cfg.demo_duration)
     print(f"writing the demo dataset to {cfg.input_dir} ({spec})", flush=True)

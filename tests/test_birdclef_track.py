@@ -8,7 +8,7 @@ import json
 import pandas as pd
 import pytest
 
-from common.demo_birdclef import BirdDemoSpec, write_birdclef_demo
+from common.demos.birdclef import BirdDemoSpec, write_birdclef_demo
 from tests.conftest import run_script
 
 GRID = {"base": {"epochs": 1, "batch_size": 8}, "axes": [{"backbone": ["resnet10t", "wavenet"]}],

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from common.demo import DemoSpec, write_rfcx_demo
+from common.demos.rfcx import DemoSpec, write_rfcx_demo
 from common.sed import load_checkpoint
 from tests.conftest import run_script
 
