@@ -6,8 +6,9 @@ Writes WORK_DIR/stage1/<tag>/: fold{k}.pth (self-describing checkpoints), oof.cs
        curves.png, metrics.json, manifest.json; a row of WORK_DIR/experiments.csv/.md;
        stage1.* figures in WORK_DIR/summary.json.
 
-BirdCLEF layout: validated by local F1 (5 s segments of the validation clips) and scored
-by soundscape F1 on the held-out labelled soundscapes (BirdCLEF 2021 row-wise F1).
+Whole-clip labels (label_unit "clips" in classes.json): validated by local F1 (5 s segments
+of the validation clips) and scored by soundscape F1 on the held-out labelled soundscapes
+(BirdCLEF 2021 row-wise F1).
 
 Examples:
     python 02_train_stage1.py                                  # recipe: b2, 10 s, 128 mels, 30 ep
@@ -23,8 +24,7 @@ import torch
 
 from common import dist, paths, runs, stage
 from common.cli import cfg_dict, run
-from common.birdclef import clip_anchors
-from common.data import CropDataset, cap_per_class, split_fold
+from common.data import CropDataset, cap_per_class, clip_anchors, split_fold
 from common.losses import get_loss
 from common.noise import input_mixup
 from common.prepared import load_prepared
@@ -91,10 +91,10 @@ def make_fold(cfg: CFG, prep, fold: int, mcfg: dict, device):
     train_ids, _ = split_fold(prep.folds, fold)
     ann = prep.annotations
     rows = ann[(ann["label"] > 0) & ann["recording_id"].isin(train_ids)]
-    if prep.layout == "birdclef":  # anchors: the primary-label clips (secondary rows label only)
+    if prep.clips:  # anchors: the primary-label clips (secondary rows label only)
         rows = rows[rows["source"] == "primary"]
     rows = cap_per_class(rows, cfg.max_per_class, cfg.seed + fold)
-    if prep.layout == "birdclef":
+    if prep.clips:
         rows = clip_anchors(rows, cfg.crop_seconds, cfg.clip_chunks)
     rows = rows.loc[rows.index.repeat(cfg.crops_per_row)]
     dataset = CropDataset(rows, ann[ann["label"] > 0], prep.cache, prep.classes, prep.sample_rate,

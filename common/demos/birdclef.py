@@ -1,4 +1,4 @@
-"""Embedded demo dataset in the BirdCLEF 2021 layout (common.birdclef), no download:
+"""Embedded demo dataset in the BirdCLEF 2021 layout (common/layouts/birdclef2021.py), no download:
 
     python -m common.demos.birdclef --out data/birdclef_demo
 
