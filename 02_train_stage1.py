@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from common import dist, paths, runs, stage
+from common import auto_frontend, dist, paths, runs, stage
 from common.cli import cfg_dict, run
 from common.data import CropDataset, cap_per_class, clip_anchors, split_fold
 from common.losses import get_loss
@@ -45,7 +45,8 @@ class CFG:
     in_chans: int = 3              # 1, or 3 (the mel image repeated, as ImageNet weights expect)
     pretrained_path: str = ""      # local backbone weights (nothing is downloaded)
     dropout: float = 0.5           # before and after the per-frame Linear
-    # front end
+    # front end (crop_seconds, n_fft, hop_length, fmax 0 or fmin -1: from the data, see
+    # common/auto_frontend.py)
     crop_seconds: float = 10.0     # training crop and inference window, s
     n_fft: int = 2048
     hop_length: int = 512          # samples; frames = crop * sr / hop + 1
@@ -124,6 +125,7 @@ def main(cfg: CFG) -> dict:
     tic = time.time()
     device = dist.setup(cfg.device)  # under torchrun: joins the process group, one GPU per rank
     prep = load_prepared(cfg.work_dir, cfg.preprocess)
+    auto_frontend.follow_data(cfg, prep)
     mcfg = stage.model_cfg(cfg, prep.classes, prep.sample_rate)
     stage.check_crop(cfg.crop_seconds, prep)
     get_loss(cfg.loss)
