@@ -230,8 +230,8 @@ def write_tables(run_dir: Path, cfg: CFG, inputs, ok: pd.DataFrame, ann: pd.Data
     folds = data.make_folds(ann[ann["recording_id"].isin(train_ids)], inputs.classes,
                             cfg.n_folds, cfg.seed)
     recordings = ok.assign(path=[str(Path(p).resolve()) for p in ok["path"]])  # the source file
-    runs.save_csv(run_dir / "recordings.csv", recordings[["recording_id", "split", "duration",
-                                                          "n_samples", "source_sr", "channels", "path"]])
+    columns = ["recording_id", "split", "duration", "n_samples", "source_sr", "channels", "path"]
+    runs.save_csv(run_dir / "recordings.csv", recordings[columns])
     runs.save_csv(run_dir / "annotations.csv", ann)
     runs.save_csv(run_dir / "folds.csv", folds)
     written = ["waves/", "recordings.csv", "annotations.csv", "folds.csv", "classes.json",
@@ -244,8 +244,9 @@ def write_tables(run_dir: Path, cfg: CFG, inputs, ok: pd.DataFrame, ann: pd.Data
         kept = inputs.segments["recording_id"].isin(set(ok["recording_id"]))
         runs.save_csv(run_dir / "soundscapes.csv", inputs.segments[kept])
         written.append("soundscapes.csv")
-    runs.save_json(run_dir / "classes.json", {"classes": inputs.classes, "sample_rate": cfg.sample_rate,
-                                              "label_unit": inputs.label_unit, "layout": inputs.layout})
+    runs.save_json(run_dir / "classes.json", {
+        "classes": inputs.classes, "sample_rate": cfg.sample_rate,
+        "label_unit": inputs.label_unit, "layout": inputs.layout})
     return written
 
 
@@ -271,7 +272,7 @@ def main(cfg: CFG) -> Path:
     report = build_report(results, time.time() - tic)
     ok = pd.DataFrame([r for r in results if r["ok"]])
     audio_warnings(report, results, inputs.rows_per_recording)
-    ann, truth, events = inputs.annotate(ok, report)
+    ann, truth, events = inputs.annotate(ok, report, cfg.sample_rate)
     report["input"] = {"layout": inputs.layout, "label_unit": inputs.label_unit, **inputs.notes,
                        "test_truth_recordings": 0 if truth is None else len(truth),
                        "test_events": 0 if events is None else len(events)}

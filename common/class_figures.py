@@ -87,7 +87,8 @@ def segment_level(tracks: dict, hop_s: float, events: pd.DataFrame, durations: d
 
 def iou_1d(a0, a1, b0, b1) -> np.ndarray:
     """Time IoU of intervals a (n,) against b (m,) -> (n, m)."""
-    inter = np.clip(np.minimum(a1[:, None], b1[None, :]) - np.maximum(a0[:, None], b0[None, :]), 0, None)
+    inter = np.minimum(a1[:, None], b1[None, :]) - np.maximum(a0[:, None], b0[None, :])
+    inter = np.clip(inter, 0, None)
     union = (a1 - a0)[:, None] + (b1 - b0)[None, :] - inter
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
@@ -156,7 +157,8 @@ def with_sources(run_dir: Path, prep) -> pd.DataFrame | None:
         return None
     det = pd.read_csv(run_dir / "detections.csv", dtype={"recording_id": str})
     recs = prep.recordings
-    source = dict(zip(recs["recording_id"], recs["path"] if "path" in recs else recs["recording_id"]))
+    paths = recs["path"] if "path" in recs else recs["recording_id"]  # runs before 01 kept paths
+    source = dict(zip(recs["recording_id"], paths))
     runs.save_csv(run_dir / "detections_all.csv", det.assign(source_file=det["recording_id"].map(source)))
     return det
 
@@ -173,7 +175,8 @@ def write(run_dir, prep, found, ids: list, probs: np.ndarray, tracks: dict | Non
         return "", files
     order = {rid: i for i, rid in enumerate(ids)}
     truth_ids, truth = found
-    summary, table = class_rows("recording", truth, probs[[order[r] for r in truth_ids]], prep.classes)
+    scores = probs[[order[r] for r in truth_ids]]
+    summary, table = class_rows("recording", truth, scores, prep.classes)
     events, event_rows = prep.test_events(), None
     if events is not None and tracks and seg_s > 0 and set(truth_ids) <= set(tracks):
         seg_truth, seg_scores = segment_level({r: tracks[r] for r in truth_ids}, hop_s, events,

@@ -25,6 +25,8 @@ def make_folds(annotations: pd.DataFrame, classes: list[str], n_folds: int, seed
     has a model that never saw each one (RFCx: ~3,600 of the 4,727 train recordings hold
     no TP row but calls nobody annotated). They are never validated (no TP truth).
     """
+    if n_folds < 2:
+        raise ConfigError(f"n_folds={n_folds}: cross-validation needs 2 folds or more")
     tp = annotations[annotations["label"] > 0]
     tp_ids = sorted(tp["recording_id"].unique())
     if len(tp_ids) < n_folds:

@@ -27,10 +27,10 @@ class Inputs:
     files      (recording_id, split, path) of every audio file to decode; split is train,
                test, or soundscape (labelled, held out of training: clips only)
     classes    the class list, in submission order
-    annotate   annotate(recordings, report) -> (annotation table of the train recordings,
-               test clip truth or None, test events or None), checked against the decoded
-               `recordings` (recording_id, split, duration, source_sr, ...); every dropped or
-               clipped row is counted in `report`
+    annotate   annotate(recordings, report, sample_rate) -> (annotation table of the train
+               recordings, test clip truth or None, test events or None), checked against the
+               decoded `recordings` (recording_id, split, duration, source_sr, ...) and the
+               cache's sample rate; every dropped or clipped row is counted in `report`
     rows_per_recording  annotation rows named per recording before any check (the rows lost
                with an unreadable file)
     label_unit "events" (a row is a timed box) or "clips" (a +1 row labels a whole clip and

@@ -139,11 +139,10 @@ def read(input_dir, cfg) -> Inputs:
     for rid, n in segments["recording_id"].value_counts().items():
         counts[rid] = counts.get(rid, 0) + int(n)
 
-    def annotate(recordings: pd.DataFrame, report: dict) -> tuple:
+    def annotate(recordings: pd.DataFrame, report: dict, sample_rate: int) -> tuple:
         ok = recordings[recordings["split"] != "test"]
         durations = dict(zip(ok["recording_id"], ok["duration"]))
-        ann = annotations(meta, segments, durations, classes, int(cfg.sample_rate),
-                          cfg.secondary_labels)
+        ann = annotations(meta, segments, durations, classes, sample_rate, cfg.secondary_labels)
         return tables.check_annotations(ann, recordings, classes, report), None, None
 
     return Inputs(layout=NAME, files=files, classes=classes, annotate=annotate,

@@ -65,11 +65,17 @@ def table_path(input_dir, cfg) -> Path:
         return path
     found = candidates(input_dir, cfg)
     if len(found) != 1:
-        what = "no table" if not found else f"{len(found)} tables ({', '.join(p.name for p in found)})"
+        names = ", ".join(p.name for p in found)
+        what = f"{len(found)} tables ({names})" if found else "no table"
         raise ConfigError(f"{input_dir}: {what} with file, start, end and label columns; name the "
                           "box table with --boxes_file=<file> (and its columns with --file_column=, "
                           "--start_column=, --end_column=, --label_column=)")
     return found[0]
+
+
+def band(freqs: pd.DataFrame, column: str | None, i: int) -> float:
+    """Row i's frequency (Hz) in `column`; NaN (the whole band) without the column."""
+    return float(freqs[column].iloc[i]) if column else float("nan")
 
 
 def read_boxes(path, cfg, index: AudioIndex) -> known.BoxData:
@@ -90,7 +96,8 @@ def read_boxes(path, cfg, index: AudioIndex) -> known.BoxData:
     for i, name in enumerate(frame[col["file_column"]]):
         label = frame[col["label_column"]].iloc[i]
         if pd.isna(label) or not str(label).strip():
-            known.skip(skipped, "label_empty", "the label cell is empty", path.name, i + 2, str(name))
+            known.skip(skipped, "label_empty", "the label cell is empty", path.name, i + 2,
+                       str(name))
             continue
         if name not in resolved:
             resolved[name] = index.resolve(name, path.parent)
@@ -102,8 +109,8 @@ def read_boxes(path, cfg, index: AudioIndex) -> known.BoxData:
         rows.append({"path": hit, "class": str(label).strip(),
                      "t_min": times[col["start_column"]].iloc[i],
                      "t_max": times[col["end_column"]].iloc[i],
-                     "f_min": freqs[freq["low_f_column"]].iloc[i] if freq["low_f_column"] else float("nan"),
-                     "f_max": freqs[freq["high_f_column"]].iloc[i] if freq["high_f_column"] else float("nan"),
+                     "f_min": band(freqs, freq["low_f_column"], i),
+                     "f_max": band(freqs, freq["high_f_column"], i),
                      "source": path.name, "row": i + 2,
                      "split_mark": None if split is None or pd.isna(frame[split].iloc[i])
                      else str(frame[split].iloc[i])})

@@ -253,9 +253,9 @@ def build(name: str, input_dir, cfg, data: BoxData) -> Inputs:
              "fully_annotated": bool(cfg.fully_annotated),
              "annotated_windows": None if windows is None else len(windows)}
 
-    def annotate(recordings: pd.DataFrame, report: dict) -> tuple:
+    def annotate(recordings: pd.DataFrame, report: dict, sample_rate: int) -> tuple:
         return annotate_boxes(boxes, recordings, report, classes, cfg, annotated, bg_ids, windows,
-                              data.skipped)
+                              data.skipped, sample_rate)
 
     return Inputs(layout=name, files=files, classes=classes, annotate=annotate,
                   rows_per_recording=boxes["recording_id"].value_counts().to_dict(), notes=notes)
@@ -292,7 +292,7 @@ def report_skips(skipped: list, report: dict) -> None:
 
 
 def annotate_boxes(boxes, recordings, report, classes, cfg, annotated, background, windows,
-                   skipped) -> tuple:
+                   skipped, sample_rate: int) -> tuple:
     """(train annotation table, test clip truth, test events) of the decoded `recordings`."""
     info = recordings.set_index("recording_id")
     nyquist = (info["source_sr"] / 2).to_dict()
@@ -301,7 +301,7 @@ def annotate_boxes(boxes, recordings, report, classes, cfg, annotated, backgroun
     noise_labels = sorted(set(table.loc[table["background"], "class"]))
     checked = tables.check_annotations(  # every split: test boxes are the test truth
         table.drop(columns=["path", "split_mark"]), recordings.assign(split="train"),
-        classes + noise_labels, report)
+        classes + noise_labels, report, sample_rate)
     report_skips(skipped, report)
     test_ids = set(recordings.loc[recordings["split"] == "test", "recording_id"])
     train_ids = set(recordings["recording_id"]) - test_ids
@@ -322,5 +322,7 @@ def annotate_boxes(boxes, recordings, report, classes, cfg, annotated, backgroun
         truth.loc[rid, cls] = 1
     truth = truth.rename_axis("recording_id").reset_index()
     events = test_pos[["recording_id", "class", "t_min", "t_max", "f_min", "f_max"]]
-    return train, (truth if truth_ids else None), (events.reset_index(drop=True) if truth_ids else None)
+    if not truth_ids:
+        return train, None, None
+    return train, truth, events.reset_index(drop=True)
 

@@ -89,8 +89,8 @@ def read(input_dir, cfg=None) -> Inputs:
     ann = rfcx_annotations(input_dir)
     classes = rfcx_classes(input_dir, ann)
 
-    def annotate(recordings: pd.DataFrame, report: dict) -> tuple:
-        checked = tables.check_annotations(ann, recordings, classes, report)
+    def annotate(recordings: pd.DataFrame, report: dict, sample_rate: int) -> tuple:
+        checked = tables.check_annotations(ann, recordings, classes, report, sample_rate)
         test_ids = set(recordings.loc[recordings["split"] == "test", "recording_id"])
         return (checked, *test_truth(input_dir, classes, test_ids))
 
