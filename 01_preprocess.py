@@ -1,18 +1,32 @@
-"""Stage 0: raw recordings -> waveform cache, annotation table, classes and folds.
+"""Stage 0: raw recordings -> waveform cache, annotation table, classes, folds and test truth.
 
-Reads  INPUT_DIR in the RFCx layout (train/*.flac, test/*.flac, train_tp.csv, train_fp.csv,
-       sample_submission.csv), or in the BirdCLEF 2021 layout (train_metadata.csv with
-       train_short_audio/<label>/*.ogg, train_soundscape_labels.csv with train_soundscapes/),
-       detected by train_metadata.csv; data/birdclef_demo is generated on first use. Kaggle's /kaggle/input/rfcx-species-audio-detection is used
-       when present, else data/demo, which is generated on first use (no download).
+Reads  INPUT_DIR in one of the input layouts (common/layouts/), found by what it holds or
+       named with --layout=: RFCx (train/, test/, train_tp.csv, train_fp.csv,
+       sample_submission.csv), BirdCLEF 2021 (train_metadata.csv, train_short_audio/,
+       train_soundscape_labels.csv), Raven selection tables (one per recording, or with a
+       Begin File column), or one CSV/TSV of boxes (OpenSoundscape's and ketos' column names
+       read unchanged); audio (WAV/FLAC/OGG/MP3) in any folder tree. Kaggle's
+       /kaggle/input/rfcx-species-audio-detection is used when present, else data/demo, which
+       is generated on first use (no download; data/birdclef_demo likewise).
 Writes WORK_DIR/preprocess/<tag>/: waves/<recording_id>.npy (float16 at `sample_rate`),
-       recordings.csv, annotations.csv, folds.csv, classes.json, report.json, manifest.json;
-       BirdCLEF: soundscapes.csv (the labelled 5 s segments, never in a fold).
+       recordings.csv, annotations.csv, folds.csv, classes.json (classes, sample rate,
+       label_unit), report.json, manifest.json; test_truth.csv (clip labels) and
+       test_events.csv (class, t_min, t_max) when the test recordings have truth;
+       soundscapes.csv (labelled 5 s segments of clip data, never in a fold).
+
+Box annotations (Raven, box tables): a box's class is present in its span; with
+--fully_annotated=true every other class is absent (-1) in the known time of an annotated
+recording, else unboxed time is unknown; annotated_windows.csv limits the known time;
+recordings in background/ hold no class (-1 everywhere); labels in background_labels (noise,
+background, other) are -1 rows; a test folder or split column marks test recordings, else
+a seeded, class-stratified `test_fraction` is held out (common/layouts/known.py).
 
 Examples:
     python 01_preprocess.py                                   # demo data, recipe settings
     python 01_preprocess.py --cfg_file=profiles/demo.json     # the CPU demo profile
     python 01_preprocess.py --input_dir=/data/rfcx --sample_rate=32000 --workers=8
+    python 01_preprocess.py --input_dir=my_raven_project --fully_annotated=true --label_column=Species
+    python 01_preprocess.py --input_dir=bats --boxes_file=boxes.csv --test_fraction=0.3
     python 01_preprocess.py --tag=rfcx --shard=0/4   # machine 0 of 4, then, all shards in place:
     python 01_preprocess.py --tag=rfcx --shard=merge
 """
@@ -29,8 +43,8 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from common import audio, birdclef, data, paths, runs, shards, tables
-from common.cli import ConfigError, cfg_dict, run
+from common import audio, data, layouts, paths, runs, shards
+from common.cli import cfg_dict, run
 
 
 LONG_FACTOR = 4  # a recording this many times longer than the median is flagged in report.json
@@ -43,7 +57,8 @@ class CFG:
     tag: str = ""              # run name; default: a timestamp
     resume: str = ""           # tag of a crashed run to continue; "" = the newest one of this config
     fresh: bool = False        # true: a new run even when a crashed one of this config exists
-    sample_rate: int = 48000   # Hz of the cache (the recipe trains at 48 kHz)
+    sample_rate: int = 0       # Hz of the cache; 0 = the highest source rate (RFCx: 48 kHz,
+                               # the recipe's); lower it to save disk and compute
     n_folds: int = 5           # folds over TP recordings
     seed: int = 42             # fold split seed
     workers: int = 0           # decoding processes; 0 = all cores
@@ -52,6 +67,23 @@ class CFG:
     demo_n_test: int = 100     # demo test recordings
     demo_duration: float = 20.0  # demo recording length, s
     secondary_labels: bool = True  # BirdCLEF: clips also get +1 rows for their secondary labels
+    # input layout (common/layouts/)
+    layout: str = "auto"       # auto | rfcx | birdclef2021 | raven | boxes
+    boxes_file: str = ""       # box table below input_dir; "" = the one CSV/TSV with box columns
+    file_column: str = "audio_file|filename|file"   # box columns: accepted names, | separated,
+    start_column: str = "start_time|start"          # exact first, then any case
+    end_column: str = "end_time|end"
+    low_f_column: str = "low_f|freq_min"            # Hz; optional (absent: 0)
+    high_f_column: str = "high_f|freq_max"          # Hz; optional (absent: sr/2)
+    label_column: str = "annotation|label"          # also Raven's label column (Annotation)
+    test_column: str = "split"  # rows whose value is "test" mark test recordings; "" = none
+    test_folder: str = "test"   # audio below a folder of this name is test; "" = none
+    test_fraction: float = 0.2  # without marks: share of annotated recordings held out (seed)
+    fully_annotated: bool = False  # every call of every class is boxed: unboxed = absent (-1)
+    annotated_windows: str = "annotated_windows.csv"  # file,start,end: the only known time
+    background: str = "background"  # folder (or list file) of recordings holding no class
+    background_labels: list[str] = field(default_factory=lambda: ["noise", "background", "other"])
+    #                            box labels that mean "none of the classes" (any case)
     shard: str = ""            # "i/n": cache files i, i+n, ... only (same --tag everywhere);
                                # "merge": finish the run from its shards (common/shards.py)
 
@@ -59,48 +91,18 @@ class CFG:
 def ensure_demo(cfg: CFG) -> None:
     """Generate the embedded demo dataset if input_dir is the demo folder and it is empty."""
     if paths.is_demo_input(cfg.input_dir, paths.BIRDCLEF_DEMO_INPUT) and \
-            not birdclef.is_birdclef(cfg.input_dir):
-        from common.demo_birdclef import BirdDemoSpec, write_birdclef_demo
+            not layouts.birdclef2021.detect(cfg.input_dir):
+        from common.demos.birdclef import BirdDemoSpec, write_birdclef_demo
         print(f"writing the BirdCLEF-layout demo dataset to {cfg.input_dir}", flush=True)
         write_birdclef_demo(cfg.input_dir, BirdDemoSpec(seed=cfg.demo_seed),
                             workers=cfg.workers or os.cpu_count())
     if not paths.is_demo_input(cfg.input_dir) or (Path(cfg.input_dir) / "train_tp.csv").exists():
         return
-    from common.demo import DemoSpec, write_rfcx_demo
+    from common.demos.rfcx import DemoSpec, write_rfcx_demo
     spec = DemoSpec(seed=cfg.demo_seed, n_train=cfg.demo_n_train, n_test=cfg.demo_n_test,
                     duration=cfg.demo_duration)
     print(f"writing the demo dataset to {cfg.input_dir} ({spec})", flush=True)
     write_rfcx_demo(cfg.input_dir, spec, workers=cfg.workers or os.cpu_count())
-
-
-def list_audio(input_dir: Path) -> list[tuple[str, str, str]]:
-    """(recording_id, split, path) of every audio file under train/ and test/."""
-    found = []
-    for split in ("train", "test"):
-        folder = input_dir / split
-        if not folder.is_dir():
-            raise ConfigError(f"{folder} is missing: input_dir must hold train/ and test/ "
-                              "(the RFCx layout)")
-        for path in sorted(folder.iterdir()):
-            if path.suffix.lower() in audio.AUDIO_EXTENSIONS:
-                found.append((path.stem, split, str(path)))
-    return found
-
-
-def read_inputs(input_dir: Path, cfg: CFG) -> tuple:
-    """(annotation table as a function of the decoded durations {recording_id: s}, classes,
-    audio files, soundscape segments or None), by layout; fails early on a bad CSV."""
-    if birdclef.is_birdclef(input_dir):
-        meta = birdclef.read_metadata(input_dir)
-        segments, scapes = birdclef.read_soundscapes(input_dir)
-        classes = birdclef.classes_of(meta)
-        files = [(rid, "train", path) for rid, path in zip(meta["recording_id"], meta["path"])]
-        files += [(rid, "soundscape", path) for rid, path in scapes]
-        return (lambda durations: birdclef.annotations(meta, segments, durations, classes,
-                                                       cfg.sample_rate, cfg.secondary_labels),
-                classes, files, segments)
-    ann = data.rfcx_annotations(input_dir)
-    return (lambda durations: ann), data.rfcx_classes(input_dir, ann), list_audio(input_dir), None
 
 
 def cache_one(job: tuple) -> dict:
@@ -180,12 +182,11 @@ def build_report(results: list[dict], seconds: float) -> dict:
     }
 
 
-def audio_warnings(report: dict, results: list[dict], ann: pd.DataFrame) -> None:
+def audio_warnings(report: dict, results: list[dict], rows_per_recording: dict) -> None:
     """Print the skipped files with the annotations lost with each; flag recordings much
     longer than the others and a mix of source sample rates (all are resampled)."""
-    lost = ann["recording_id"].value_counts()
     for bad, res in zip(report["unreadable"], [r for r in results if not r["ok"]]):
-        n = bad["annotations_lost"] = int(lost.get(res["recording_id"], 0))
+        n = bad["annotations_lost"] = int(rows_per_recording.get(res["recording_id"], 0))
         print(f"WARNING: skipped {bad['file']}: {bad['reason']}"
               + (f" ({n} annotation rows lost with it)" if n else ""), flush=True)
     report["annotations_lost_with_unreadable_files"] = sum(b["annotations_lost"]
@@ -204,11 +205,58 @@ def audio_warnings(report: dict, results: list[dict], ann: pd.DataFrame) -> None
               f"{report['source_sample_rates']} (all resampled)", flush=True)
 
 
+def resolve_sample_rate(cfg: CFG, files: list) -> int:
+    """cfg.sample_rate, or with 0 the highest source rate among the readable files (every
+    frequency a recording holds stays below the cache's sr/2), printed."""
+    if cfg.sample_rate > 0:
+        return int(cfg.sample_rate)
+    rates = {}
+    for _, _, path in files:
+        try:
+            rate = audio.probe(path)["sample_rate"]
+        except audio.AudioError:  # reported when decoding
+            continue
+        rates[rate] = rates.get(rate, 0) + 1
+    chosen = max(rates) if rates else 48000
+    print(f"sample_rate: {chosen} Hz, the highest source rate (files per rate: "
+          f"{dict(sorted(rates.items()))}); set --sample_rate= to choose another", flush=True)
+    return chosen
+
+
+def write_tables(run_dir: Path, cfg: CFG, inputs, ok: pd.DataFrame, ann: pd.DataFrame,
+                 truth, events) -> list[str]:
+    """recordings, annotations, folds, test truth, soundscapes, classes.json; their names."""
+    train_ids = set(ok.loc[ok["split"] == "train", "recording_id"])  # never soundscapes
+    folds = data.make_folds(ann[ann["recording_id"].isin(train_ids)], inputs.classes,
+                            cfg.n_folds, cfg.seed)
+    recordings = ok.assign(path=[str(Path(p).resolve()) for p in ok["path"]])  # the source file
+    columns = ["recording_id", "split", "duration", "n_samples", "source_sr", "channels", "path"]
+    runs.save_csv(run_dir / "recordings.csv", recordings[columns])
+    runs.save_csv(run_dir / "annotations.csv", ann)
+    runs.save_csv(run_dir / "folds.csv", folds)
+    written = ["waves/", "recordings.csv", "annotations.csv", "folds.csv", "classes.json",
+               "report.json"]
+    for name, frame in (("test_truth.csv", truth), ("test_events.csv", events)):
+        if frame is not None:
+            runs.save_csv(run_dir / name, frame)
+            written.append(name)
+    if inputs.segments is not None:
+        kept = inputs.segments["recording_id"].isin(set(ok["recording_id"]))
+        runs.save_csv(run_dir / "soundscapes.csv", inputs.segments[kept])
+        written.append("soundscapes.csv")
+    runs.save_json(run_dir / "classes.json", {
+        "classes": inputs.classes, "sample_rate": cfg.sample_rate,
+        "label_unit": inputs.label_unit, "layout": inputs.layout})
+    return written
+
+
 def main(cfg: CFG) -> Path:
     tic = time.time()
     ensure_demo(cfg)
     input_dir = Path(cfg.input_dir)
-    make_annotations, classes, files, segments = read_inputs(input_dir, cfg)
+    inputs = layouts.read(input_dir, cfg)  # validates the tables before any decoding
+    files = inputs.files
+    cfg.sample_rate = resolve_sample_rate(cfg, files)
     if cfg.shard and cfg.shard != "merge":
         return shards.run_shard(cfg.work_dir, cfg.tag, cfg.shard, files,
                                 lambda mine, cache_dir: decode_all(mine, cache_dir, cfg))
@@ -223,32 +271,22 @@ def main(cfg: CFG) -> Path:
         results = decode_all(files, run_dir / "waves", cfg)
     report = build_report(results, time.time() - tic)
     ok = pd.DataFrame([r for r in results if r["ok"]])
-    ann = make_annotations(dict(zip(ok["recording_id"], ok["duration"])))
-    audio_warnings(report, results, ann)
-    ann = tables.check_annotations(ann, ok, classes, report)
-    train_ids = set(ok.loc[ok["split"] == "train", "recording_id"])  # never soundscapes
-    folds = data.make_folds(ann[ann["recording_id"].isin(train_ids)], classes, cfg.n_folds, cfg.seed)
-    runs.save_csv(run_dir / "recordings.csv",
-                  ok[["recording_id", "split", "duration", "n_samples", "source_sr", "channels"]])
-    runs.save_csv(run_dir / "annotations.csv", ann)
-    runs.save_csv(run_dir / "folds.csv", folds)
-    layout = "rfcx" if segments is None else "birdclef"
-    if segments is not None:
-        kept = segments["recording_id"].isin(set(ok["recording_id"]))
-        runs.save_csv(run_dir / "soundscapes.csv", segments[kept])
-    runs.save_json(run_dir / "classes.json", {"classes": classes, "sample_rate": cfg.sample_rate,
-                                              "layout": layout})
+    audio_warnings(report, results, inputs.rows_per_recording)
+    ann, truth, events = inputs.annotate(ok, report, cfg.sample_rate)
+    report["input"] = {"layout": inputs.layout, "label_unit": inputs.label_unit, **inputs.notes,
+                       "test_truth_recordings": 0 if truth is None else len(truth),
+                       "test_events": 0 if events is None else len(events)}
+    outputs = write_tables(run_dir, cfg, inputs, ok, ann, truth, events)
     report["seconds"] = round(time.time() - tic, 1)
     runs.save_json(run_dir / "report.json", report)
-    outputs = ["waves/", "recordings.csv", "annotations.csv", "folds.csv", "classes.json", "report.json"]
-    outputs += ["soundscapes.csv"] if segments is not None else []
     metrics = {k: report[k] for k in ("files", "cached", "failed", "seconds")}
     runs.write_manifest(run_dir, "preprocess", cfg_dict(cfg), {"input_dir": str(input_dir)},
                         outputs, metrics, finished=True)
     runs.update_summary(cfg.work_dir, "preprocess", {**metrics, "tag": run_dir.name})
-    print(f"preprocess: {report['cached']}/{report['files']} files cached "
+    print(f"preprocess ({inputs.layout} layout): {report['cached']}/{report['files']} files cached "
           f"({report['duration_s']['total'] / 3600:.2f} h of audio), {report['failed']} skipped "
           f"(listed in {run_dir / 'report.json'}), {len(ann)} annotation rows, "
+          f"{len(ok) - len(set(ok.loc[ok['split'] != 'test', 'recording_id']))} test recordings, "
           f"{report['seconds']:.0f}s -> {run_dir}", flush=True)
     return run_dir
 

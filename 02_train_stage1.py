@@ -6,8 +6,9 @@ Writes WORK_DIR/stage1/<tag>/: fold{k}.pth (self-describing checkpoints), oof.cs
        curves.png, metrics.json, manifest.json; a row of WORK_DIR/experiments.csv/.md;
        stage1.* figures in WORK_DIR/summary.json.
 
-BirdCLEF layout: validated by local F1 (5 s segments of the validation clips) and scored
-by soundscape F1 on the held-out labelled soundscapes (BirdCLEF 2021 row-wise F1).
+Whole-clip labels (label_unit "clips" in classes.json): validated by local F1 (5 s segments
+of the validation clips) and scored by soundscape F1 on the held-out labelled soundscapes
+(BirdCLEF 2021 row-wise F1).
 
 Examples:
     python 02_train_stage1.py                                  # recipe: b2, 10 s, 128 mels, 30 ep
@@ -22,10 +23,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from common import dist, paths, runs, stage
+from common import auto_frontend, dist, paths, runs, stage
 from common.cli import cfg_dict, run
-from common.birdclef import clip_anchors
-from common.data import CropDataset, cap_per_class, split_fold
+from common.data import CropDataset, cap_per_class, clip_anchors, split_fold
 from common.losses import get_loss
 from common.noise import input_mixup
 from common.prepared import load_prepared
@@ -46,7 +46,8 @@ class CFG:
     in_chans: int = 3              # 1, or 3 (the mel image repeated, as ImageNet weights expect)
     pretrained_path: str = ""      # local backbone weights (nothing is downloaded)
     dropout: float = 0.5           # before and after the per-frame Linear
-    # front end
+    # front end (crop_seconds, n_fft, hop_length, fmax 0 or fmin -1: from the data, see
+    # common/auto_frontend.py)
     crop_seconds: float = 10.0     # training crop and inference window, s
     n_fft: int = 2048
     hop_length: int = 512          # samples; frames = crop * sr / hop + 1
@@ -104,10 +105,10 @@ def make_fold(cfg: CFG, prep, fold: int, mcfg: dict, device):
     train_ids, _ = split_fold(prep.folds, fold)
     ann = prep.annotations
     rows = ann[(ann["label"] > 0) & ann["recording_id"].isin(train_ids)]
-    if prep.layout == "birdclef":  # anchors: the primary-label clips (secondary rows label only)
+    if prep.clips:  # anchors: the primary-label clips (secondary rows label only)
         rows = rows[rows["source"] == "primary"]
     rows = cap_per_class(rows, cfg.max_per_class, cfg.seed + fold)
-    if prep.layout == "birdclef":
+    if prep.clips:
         rows = clip_anchors(rows, cfg.crop_seconds, cfg.clip_chunks)
     rows = rows.loc[rows.index.repeat(crops_per_row(cfg, len(rows), fold))]
     dataset = CropDataset(rows, ann[ann["label"] > 0], prep.cache, prep.classes, prep.sample_rate,
@@ -137,6 +138,7 @@ def main(cfg: CFG) -> dict:
     tic = time.time()
     device = dist.setup(cfg.device)  # under torchrun: joins the process group, one GPU per rank
     prep = load_prepared(cfg.work_dir, cfg.preprocess)
+    auto_frontend.follow_data(cfg, prep)
     mcfg = stage.model_cfg(cfg, prep.classes, prep.sample_rate)
     stage.check_crop(cfg.crop_seconds, prep)
     get_loss(cfg.loss)

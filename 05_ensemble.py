@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from common import blend, calibration, detect, metrics, paths, plots, report, runs, stage
+from common import blend, calibration, class_figures, detect, metrics, paths, plots, report, runs, stage
 from common.cli import ConfigError, cfg_dict, run
 from common.infer import frame_count, predict_frames, resample_frames, resolve_device
 from common.prepared import load_prepared
@@ -383,13 +383,17 @@ def write_outputs(cfg: CFG, run_dir: Path, prep, infos: list, fitted: dict, trac
     if cfg.detect:
         facts["events"] = len(write_detections(cfg, run_dir, tracks, prep, grid))
         files += ["detections.csv", "raven/"]
+    per_class, more = class_figures.write(run_dir, prep, found, ids, out["probs"], tracks,
+                                          grid["hop_s"], infos[0]["mcfg"]["crop_seconds"])
+    files += more
     files += write_pictures(cfg, run_dir, prep, infos, tracks, ids[:max(cfg.n_pictures, 0)],
                             found, final, ids, fitted["weights"])
     runs.save_json(run_dir / "report.json", {"rows": rows, **facts, "blend": cfg.blend,
                                              "prior_scaling": cfg.prior_scaling,
                                              "weights": dict(zip([i["name"] for i in infos],
                                                                  fitted["weights"]))})
-    runs.atomic_write(run_dir / "report.md", lambda f: f.write(render_report(cfg, rows, facts)))
+    runs.atomic_write(run_dir / "report.md",
+                      lambda f: f.write(render_report(cfg, rows, facts) + per_class))
     return rows, facts, files
 
 

@@ -46,7 +46,7 @@ def input_dir(name: str, data_root: Path) -> Path:
     if name == "demo_hard":
         out = data_root / "demo_hard"
         if not (out / "train_tp.csv").is_file():
-            from common.demo import DemoSpec, write_rfcx_demo
+            from common.demos.rfcx import DemoSpec, write_rfcx_demo
             print(f"writing the hard demo variant to {out}", flush=True)
             write_rfcx_demo(out, DemoSpec(**HARD_SPEC), workers=2)
         return out

@@ -30,7 +30,7 @@ def setup(cfg, data_dir: Path):
     under data_dir): (stage-1 CFG, Prepared, model_cfg)."""
     from common import runs, stage
     from common.cli import parse_cfg
-    from common.demo import DemoSpec, write_rfcx_demo
+    from common.demos.rfcx import DemoSpec, write_rfcx_demo
     from common.prepared import load_prepared
 
     demo, work = data_dir / "demo", data_dir / "work"

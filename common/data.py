@@ -6,9 +6,6 @@ with label +1 (the class calls in the box) or -1 (it does not). Unannotated = un
 """
 from __future__ import annotations
 
-import difflib
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import torch
@@ -16,69 +13,6 @@ import torch
 from common.cli import ConfigError
 
 ANNOTATION_COLUMNS = ["recording_id", "class", "t_min", "t_max", "f_min", "f_max", "label"]
-RFCX_COLUMNS = ["recording_id", "species_id", "songtype_id", "t_min", "f_min", "t_max", "f_max"]
-
-
-def read_table(path, required: list[str]) -> pd.DataFrame:
-    """Read a CSV and stop with a message naming the file and any missing column."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path} does not exist; is input_dir the competition folder?")
-    try:
-        frame = pd.read_csv(path)
-    except pd.errors.EmptyDataError:
-        raise ConfigError(f"{path} is empty; expected columns {required}") from None
-    missing = [c for c in required if c not in frame.columns]
-    if missing:
-        close = {c: difflib.get_close_matches(c, [str(f) for f in frame.columns], n=1)
-                 for c in missing}
-        hint = "".join(f" '{m[0]}' looks like '{c}'." for c, m in close.items() if m)
-        raise ConfigError(f"{path}: missing column(s) {missing}; found {list(frame.columns)}."
-                          f"{hint} Rename the header to {required}.")
-    return frame
-
-
-def numbers(frame: pd.DataFrame, path, columns: list[str], integer: bool = False) -> pd.DataFrame:
-    """`columns` of `frame` as floats (ints); stops at the first cell that is not a number,
-    naming the file, its line (the header is line 1) and the value."""
-    out = pd.DataFrame(index=frame.index)
-    for col in columns:
-        values = pd.to_numeric(frame[col], errors="coerce")
-        bad = values.isna() | (values.round() != values if integer else False)
-        if bad.any():
-            i = int(np.flatnonzero(bad.to_numpy())[0])
-            value = frame[col].iloc[i]
-            what = " is empty" if pd.isna(value) else \
-                f"={value!r} is not {'an integer' if integer else 'a number'}"
-            raise ConfigError(f"{path} row {i + 2}: {col}{what} ({int(bad.sum())} such rows "
-                              "in that column); correct or delete those rows")
-        out[col] = values.astype(int if integer else float)
-    return out
-
-
-def rfcx_annotations(input_dir) -> pd.DataFrame:
-    """train_tp.csv (+1) and train_fp.csv (-1) as rows of the annotation table."""
-    parts = []
-    for name, label in (("train_tp.csv", 1), ("train_fp.csv", -1)):
-        path = Path(input_dir) / name
-        frame = read_table(path, RFCX_COLUMNS)
-        times = numbers(frame, path, ["t_min", "t_max", "f_min", "f_max"])
-        parts.append(pd.DataFrame({
-            "recording_id": frame["recording_id"].astype(str),
-            "class": "s" + numbers(frame, path, ["species_id"], integer=True)["species_id"].astype(str),
-            **times, "label": label, "source": name,
-            "row": np.arange(len(frame)) + 2}))  # the CSV line, for messages (header = 1)
-    return pd.concat(parts, ignore_index=True)
-
-
-def rfcx_classes(input_dir, annotations: pd.DataFrame) -> list[str]:
-    """Class order of the submission (s0..s23), else the numeric order of the species seen."""
-    sub = Path(input_dir) / "sample_submission.csv"
-    if sub.is_file():
-        cols = [c for c in pd.read_csv(sub, nrows=0).columns if c != "recording_id"]
-        if cols:
-            return cols
-    return sorted(annotations["class"].unique(), key=lambda c: int(c[1:]))
 
 
 # ----------------------------------------------------------------------------- folds
@@ -91,6 +25,8 @@ def make_folds(annotations: pd.DataFrame, classes: list[str], n_folds: int, seed
     has a model that never saw each one (RFCx: ~3,600 of the 4,727 train recordings hold
     no TP row but calls nobody annotated). They are never validated (no TP truth).
     """
+    if n_folds < 2:
+        raise ConfigError(f"n_folds={n_folds}: cross-validation needs 2 folds or more")
     tp = annotations[annotations["label"] > 0]
     tp_ids = sorted(tp["recording_id"].unique())
     if len(tp_ids) < n_folds:
@@ -271,3 +207,15 @@ def cap_per_class(rows: pd.DataFrame, max_per_class: int, seed: int) -> pd.DataF
         chosen = rng.choice(ids, max_per_class, replace=False) if len(ids) > max_per_class else ids
         keep |= {(cls, rid) for rid in chosen}
     return rows[[(c, r) in keep for c, r in zip(rows["class"], rows["recording_id"])]]
+
+
+def clip_anchors(rows: pd.DataFrame, crop_seconds: float, max_chunks: int) -> pd.DataFrame:
+    """Training anchors of whole-clip rows (label_unit "clips"): each clip cut into up to
+    `max_chunks` equal chunks (about one crop long), so crops (drawn around an anchor) cover
+    the whole clip instead of its middle only."""
+    out = []
+    for row in rows.itertuples(index=False):
+        n = max(1, min(max_chunks, int(np.ceil((row.t_max - row.t_min) / crop_seconds - 1e-6))))
+        edges = np.linspace(row.t_min, row.t_max, n + 1)
+        out += [row._replace(t_min=a, t_max=b) for a, b in zip(edges[:-1], edges[1:])]
+    return pd.DataFrame(out, columns=rows.columns)

@@ -8,7 +8,7 @@ KAGGLE_INPUT = Path("/kaggle/input")
 KAGGLE_RFCX = KAGGLE_INPUT / "rfcx-species-audio-detection"
 KAGGLE_WORKING = Path("/kaggle/working")
 DEMO_INPUT = Path("data/demo")
-BIRDCLEF_DEMO_INPUT = Path("data/birdclef_demo")  # the BirdCLEF-layout demo (common.demo_birdclef)
+BIRDCLEF_DEMO_INPUT = Path("data/birdclef_demo")  # the BirdCLEF-layout demo (common.demos.birdclef)
 
 
 def default_input_dir() -> str:

@@ -21,8 +21,14 @@ class Prepared:
     annotations: pd.DataFrame  # the annotation table
     folds: pd.DataFrame        # recording_id, fold (FP-only: held out, never validated), has_tp
     cache: WaveCache
-    layout: str = "rfcx"       # rfcx | birdclef (classes.json)
-    soundscapes: pd.DataFrame | None = None  # BirdCLEF: row_id, recording_id, t_min, t_max, birds
+    label_unit: str = "events"  # events | clips (classes.json): what a +1 row labels
+    soundscapes: pd.DataFrame | None = None  # clips: row_id, recording_id, t_min, t_max, birds
+
+    @property
+    def clips(self) -> bool:
+        """True when +1 rows label whole clips (scored by 5 s segments: local and soundscape
+        F1) instead of timed events."""
+        return self.label_unit == "clips"
 
     @property
     def durations(self) -> dict:
@@ -43,13 +49,23 @@ class Prepared:
         return y
 
     def test_truth(self, input_dir) -> tuple[list, np.ndarray] | None:
-        """(ids, (N, K) 0/1) from INPUT_DIR/test_truth.csv when it exists (the demo), else None."""
-        path = Path(input_dir) / "test_truth.csv"
+        """(ids, (N, K) 0/1) of the test recordings: the preprocessing run's test_truth.csv
+        (written from the boxes of the test recordings, or copied from INPUT_DIR), else
+        INPUT_DIR/test_truth.csv (runs made before 01 wrote it), else None."""
+        path = self.run_dir / "test_truth.csv"
+        if not path.is_file():
+            path = Path(input_dir) / "test_truth.csv"
         if not path.is_file():
             return None
-        truth = pd.read_csv(path)
-        truth = truth[truth["recording_id"].astype(str).isin(set(self.ids("test")))]
-        return truth["recording_id"].astype(str).tolist(), truth[self.classes].to_numpy(np.float32)
+        truth = pd.read_csv(path, dtype={"recording_id": str})
+        truth = truth[truth["recording_id"].isin(set(self.ids("test")))]
+        return truth["recording_id"].tolist(), truth[self.classes].to_numpy(np.float32)
+
+    def test_events(self) -> pd.DataFrame | None:
+        """Every annotated event of the test recordings (recording_id, class, t_min, t_max,
+        ...) from the run's test_events.csv, else None."""
+        path = self.run_dir / "test_events.csv"
+        return pd.read_csv(path, dtype={"recording_id": str}) if path.is_file() else None
 
 
 def load_prepared(work_dir, tag: str = "latest") -> Prepared:
@@ -59,6 +75,13 @@ def load_prepared(work_dir, tag: str = "latest") -> Prepared:
     return Prepared(run_dir=run_dir, classes=meta["classes"], sample_rate=int(meta["sample_rate"]),
                     recordings=read("recordings.csv"), annotations=read("annotations.csv"),
                     folds=read("folds.csv"), cache=WaveCache(run_dir / "waves"),
-                    layout=meta.get("layout", "rfcx"),
+                    label_unit=label_unit(meta),
                     soundscapes=read("soundscapes.csv") if (run_dir / "soundscapes.csv").is_file()
                     else None)
+
+
+def label_unit(meta: dict) -> str:
+    """classes.json's label_unit; runs made before it was written say layout "birdclef"."""
+    if "label_unit" in meta:
+        return meta["label_unit"]
+    return "clips" if meta.get("layout") == "birdclef" else "events"

@@ -11,9 +11,10 @@ import numpy as np
 import pandas as pd
 
 from common import metrics, runs
-from common.birdclef import SEGMENT_SECONDS
 from common.data import window_labels
 from common.infer import predict_windows
+
+SEGMENT_SECONDS = 5.0  # BirdCLEF 2021 scores 5 s segments
 
 
 def clip_segments(recording_ids, durations: dict, seconds: float = SEGMENT_SECONDS) -> pd.DataFrame:
@@ -62,8 +63,8 @@ class SegmentSet:
 
 
 def for_validation(prep, val_ids: list, crop_seconds: float) -> SegmentSet | None:
-    """The 5 s segments of a fold's validation clips (BirdCLEF layout only, else None)."""
-    if prep.layout != "birdclef":
+    """The 5 s segments of a fold's validation clips (whole-clip labels only, else None)."""
+    if not prep.clips:
         return None
     table = clip_segments(val_ids, prep.durations)
     return SegmentSet(table, prep.annotations, prep.classes, prep.sample_rate, crop_seconds)

@@ -222,11 +222,11 @@ def finish_run(cfg, prep, stage: str, run_dir: Path, fold_results: list, mcfg: d
               "fold_lwlrap": {int(r["history"]["fold"].iloc[0]): r["best"]["val_lwlrap"]
                               for r in fold_results},
               "folds": [int(f) for f in folds]}
-    if prep.layout == "birdclef":  # local F1 and soundscape F1 (BirdCLEF 2021 rule)
+    if prep.clips:  # local F1 and soundscape F1 (BirdCLEF 2021 rule)
         result.update(segments.score_run(run_dir, fold_results, prep, cfg, device, lambda f:
                                          load_checkpoint(run_dir / f"fold{f}.pth", device)[0]))
     ids, test = predict_test(run_dir, folds, prep, cfg, device) if prep.ids("test") else \
-        ([], np.zeros((0, len(prep.classes))))  # the BirdCLEF layout has no test split here
+        ([], np.zeros((0, len(prep.classes))))  # clips + labelled soundscapes: no test split
     runs.save_csv(run_dir / "test_pred.csv", score_frame(ids, test, prep.classes))
     # scores comparable across classes (common/calibration.py): CV with each fold calibrated
     # on the others, test with the calibrator of all OOF recordings (what 05 submits)

@@ -1,7 +1,8 @@
 """Checks of the annotation table against the decoded recordings (01_preprocess.py).
 
 A row that cannot be used (a duplicate, an unknown or unreadable recording, a class outside
-the class list, t_min >= t_max, a box outside the recording) is dropped; a box that sticks
+the class list, t_min >= t_max, a box outside the recording or above the cache's sr/2) is
+dropped; a box that sticks
 out of the recording or of 0..sr/2 is clipped. Nothing stops the run: every problem is
 counted, its first rows are listed by file, row and value in report.json, and one warning
 line per problem says what to fix. Rows carry `source` (the CSV) and `row` (its line).
@@ -16,7 +17,8 @@ KEY_COLUMNS = ["recording_id", "class", "t_min", "t_max", "f_min", "f_max", "lab
 TOLERANCE_S = 0.01  # a box ending this little after the recording is not worth a warning
 
 
-def _problems(ann: pd.DataFrame, recordings: pd.DataFrame, classes: list) -> list[tuple]:
+def _problems(ann: pd.DataFrame, recordings: pd.DataFrame, classes: list,
+              cache_sr: float | None = None) -> list[tuple]:
     """(problem key, what is wrong, action, mask) in the order they are checked."""
     known = recordings[recordings["split"] != "test"].set_index("recording_id")
     duration = ann["recording_id"].map(known["duration"]).to_numpy(float)
@@ -36,6 +38,9 @@ def _problems(ann: pd.DataFrame, recordings: pd.DataFrame, classes: list) -> lis
             ("t_min_not_before_t_max", "t_min >= t_max", "dropped", ~(t0 < t1)),
             ("outside_recording", "the box lies outside the recording", "dropped",
              (t0 >= duration) | (t1 <= 0)),
+            ("above_cache_band", f"the box lies above {(cache_sr or 0) / 2:g} Hz, half the "
+             "cache's sample rate (raise --sample_rate to keep it)", "dropped",
+             from_csv & (f0 >= (cache_sr or np.inf) / 2)),
             ("time_clipped", "the box sticks out of the recording", "clipped",
              (t0 < 0) | (t1 > duration + TOLERANCE_S)),
             ("frequency_clipped", "f_min/f_max outside 0..sr/2 of the recording", "clipped",
@@ -53,12 +58,14 @@ def _listed(rows: pd.DataFrame, what: str, action: str) -> list[dict]:
 
 
 def check_annotations(ann: pd.DataFrame, recordings: pd.DataFrame, classes: list,
-                      report: dict) -> pd.DataFrame:
+                      report: dict, cache_sr: float | None = None) -> pd.DataFrame:
     """The usable rows of `ann` (clipped where needed); fills report['annotations_dropped'],
-    report['annotations_clipped'] (counts per problem) and report['annotation_problems']."""
+    report['annotations_clipped'] (counts per problem) and report['annotation_problems'].
+    With `cache_sr` (the cache's sample rate), a typed box whose band starts at or above
+    cache_sr / 2 is dropped: the model never hears it."""
     report.update(annotations_dropped={}, annotations_clipped={}, annotation_problems=[])
     gone = np.zeros(len(ann), bool)
-    for key, what, action, mask in _problems(ann, recordings, classes):
+    for key, what, action, mask in _problems(ann, recordings, classes, cache_sr):
         hit = mask & ~gone
         if action == "dropped":
             gone |= hit

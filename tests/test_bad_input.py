@@ -208,7 +208,7 @@ def test_table_mistakes_that_stop_name_the_file_row_and_value(tmp_path, scripts,
 
 
 def test_birdclef_secondary_labels_that_are_not_a_list():
-    from common.birdclef import parse_secondary
+    from common.layouts.birdclef2021 import parse_secondary
     with pytest.raises(ConfigError, match=r"train_metadata.csv row 7: secondary_labels 'amerob' "
                                           "is not a list"):
         parse_secondary("amerob", "train_metadata.csv row 7")

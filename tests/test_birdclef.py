@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from common import birdclef
+from common.data import clip_anchors
+from common.layouts import birdclef2021 as birdclef
 from common.cli import ConfigError
 
 
@@ -37,7 +38,7 @@ def write_layout(root, secondary="['b']"):
 
 def test_annotation_rows_of_clips_and_soundscape_segments(tmp_path):
     write_layout(tmp_path)
-    assert birdclef.is_birdclef(tmp_path)
+    assert birdclef.detect(tmp_path)
     meta = birdclef.read_metadata(tmp_path)
     assert meta["path"].iloc[0].endswith("train_short_audio/a/XC1.ogg")
     segments, files = birdclef.read_soundscapes(tmp_path)
@@ -99,7 +100,7 @@ def test_cap_per_class_keeps_at_most_n_recordings_per_class():
 def test_clip_anchors_cover_the_clip():
     rows = pd.DataFrame({"recording_id": ["x", "y"], "class": ["a", "b"], "t_min": 0.0,
                          "t_max": [23.0, 4.0], "label": 1})
-    anchors = birdclef.clip_anchors(rows, 5.0, 4)
+    anchors = clip_anchors(rows, 5.0, 4)
     x = anchors[anchors["recording_id"] == "x"]
     assert len(x) == 4 and x["t_min"].iloc[0] == 0 and x["t_max"].iloc[-1] == 23.0
     assert np.allclose(x["t_max"].to_numpy() - x["t_min"].to_numpy(), 23.0 / 4)

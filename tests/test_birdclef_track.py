@@ -8,7 +8,7 @@ import json
 import pandas as pd
 import pytest
 
-from common.demo_birdclef import BirdDemoSpec, write_birdclef_demo
+from common.demos.birdclef import BirdDemoSpec, write_birdclef_demo
 from tests.conftest import run_script
 
 GRID = {"base": {"epochs": 1, "batch_size": 8}, "axes": [{"backbone": ["resnet10t", "wavenet"]}],
@@ -32,7 +32,8 @@ def test_preprocess_reads_the_birdclef_layout(track):
     summary, work, _ = track
     run = next((work / "preprocess").iterdir())
     ann = pd.read_csv(run / "annotations.csv")
-    assert json.loads((run / "classes.json").read_text())["layout"] == "birdclef"
+    meta = json.loads((run / "classes.json").read_text())
+    assert (meta["layout"], meta["label_unit"]) == ("birdclef2021", "clips")
     assert (ann["source"] == "primary").sum() == summary["clips"] == 18
     scapes = pd.read_csv(run / "soundscapes.csv")
     assert len(scapes) == summary["soundscape_segments"] == 4

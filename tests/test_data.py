@@ -1,4 +1,5 @@
-"""common/data.py: tables, RFCx annotations, folds, crop starts, window labels, CropDataset."""
+"""common/data.py and the table readers of common/layouts: tables, RFCx annotations, folds,
+crop starts, window labels, CropDataset."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,9 +8,10 @@ import pytest
 import torch
 
 from common.cli import ConfigError
-from common.data import (ANNOTATION_COLUMNS, RFCX_COLUMNS, CropDataset, combine_pseudo, crop_start,
-                         make_folds, read_table, rfcx_annotations, rfcx_classes, split_fold,
-                         window_labels)
+from common.data import (ANNOTATION_COLUMNS, CropDataset, combine_pseudo, crop_start, make_folds,
+                         split_fold, window_labels)
+from common.layouts.base import read_table
+from common.layouts.rfcx import RFCX_COLUMNS, rfcx_annotations, rfcx_classes
 from tests.conftest import ArrayCache
 
 CLASSES = ["s0", "s1", "s2", "s3"]

@@ -13,7 +13,7 @@ import pytest
 
 from common import dist, runs, stage
 from common.cli import parse_cfg
-from common.demo import DemoSpec, write_rfcx_demo
+from common.demos.rfcx import DemoSpec, write_rfcx_demo
 from common.prepared import load_prepared
 from common.sampling import TwoStreamSampler
 from common.sed import load_checkpoint

@@ -1,4 +1,4 @@
-"""The demo dataset generator (common/demo.py): layout, determinism, labels, and real signal."""
+"""The demo dataset generator (common/demos/rfcx.py): layout, determinism, labels, and real signal."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from common.demo import EVENT_COLUMNS, RFCX_COLUMNS, SPECIES, DemoSpec, write_rfcx_demo
+from common.demos.rfcx import EVENT_COLUMNS, RFCX_COLUMNS, SPECIES, DemoSpec, write_rfcx_demo
 
 TINY = DemoSpec(seed=3, n_train=12, n_test=6, duration=8.0, sample_rate=32000)
 CLASSES = [f"s{i}" for i in range(24)]

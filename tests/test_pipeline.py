@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from common import provenance
-from common.demo import DemoSpec, write_rfcx_demo
+from common.demos.rfcx import DemoSpec, write_rfcx_demo
 from common.sed import load_checkpoint
 from tests.conftest import run_script
 

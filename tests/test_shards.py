@@ -10,7 +10,7 @@ import pytest
 
 from common import shards
 from common.cli import ConfigError, parse_cfg
-from common.demo import DemoSpec, write_rfcx_demo
+from common.demos.rfcx import DemoSpec, write_rfcx_demo
 
 
 @pytest.fixture(scope="module")

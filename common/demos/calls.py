@@ -1,7 +1,7 @@
-"""Sound synthesis and mixing for the demo dataset (common/demo.py).
+"""Sound synthesis and mixing for the demo dataset (common/demos/rfcx.py).
 
 Species templates (SPECIES) and call, decoy and noise-burst synthesis (the background,
-rain and insect drones are in common/demo_noise.py, the mixing in common/demo_scene.py).
+rain and insect drones are in common/demos/noise.py, the mixing in common/demos/scene.py).
 Every function takes a numpy Generator and returns float32 samples at `sr` Hz, so a caller
 that owns one Generator per recording gets byte-identical audio on every run.
 

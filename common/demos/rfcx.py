@@ -1,7 +1,7 @@
 """Embedded demo dataset: synthetic field recordings in the RFCx layout, no download needed.
 
-    python -m common.demo --out data/demo      # default spec: ~37 CPU-s, ~20 s on 2 free cores
-    python -m common.demo --out /tmp/tiny --n_train 12 --n_test 6 --duration 8
+    python -m common.demos.rfcx --out data/demo      # default spec: ~37 CPU-s, ~20 s on 2 free cores
+    python -m common.demos.rfcx --out /tmp/tiny --n_train 12 --n_test 6 --duration 8
 
 Writes train/*.flac, test/*.flac (mono PCM_16), train_tp.csv, train_fp.csv,
 sample_submission.csv, test_truth.csv (complete 0/1 test labels), demo_events.csv (every
@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from common.demo_calls import SPECIES
-from common.demo_noise import release_noise_bank
-from common.demo_plan import N_SPECIES, PREVALENCE, plan_recordings
-from common.demo_scene import Scene
+from common.demos.calls import SPECIES
+from common.demos.noise import release_noise_bank
+from common.demos.plan import N_SPECIES, PREVALENCE, plan_recordings
+from common.demos.scene import Scene
 
 RFCX_COLUMNS = ["recording_id", "species_id", "songtype_id", "t_min", "f_min", "t_max", "f_max"]
 EVENT_COLUMNS = ["split", "recording_id", "kind", "species_id", "songtype_id", "t_min", "f_min",
@@ -217,7 +217,7 @@ def main(argv=None) -> dict:
                             help=f"DemoSpec.{f.name} (default {f.default})")
     args = vars(parser.parse_args(argv))
     out, workers = args.pop("out"), args.pop("workers")
-    from common import demo  # so workers unpickle common.demo objects, not __main__ ones
+    from common.demos import rfcx as demo  # so workers unpickle common.demos.rfcx objects, not __main__ ones
     summary = demo.write_rfcx_demo(out, demo.DemoSpec(**args), workers=workers)
     s, tp, prev = summary, summary["tp_rows_per_species"], summary["test_prevalence"]
     print(f"demo dataset in {s['out_dir']} ({s['seconds']:.1f} s): {s['n_train']} train "

@@ -18,18 +18,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from common import tables
 from common.audio import AUDIO_EXTENSIONS
 from common.cli import ConfigError
-from common.data import read_table
+from common.layouts.base import Inputs, read_table
+from common.segments import SEGMENT_SECONDS
 
+NAME = "birdclef2021"
 METADATA = "train_metadata.csv"
 SOUNDSCAPE_LABELS = "train_soundscape_labels.csv"
 METADATA_COLUMNS = ["primary_label", "secondary_labels", "filename"]
 SOUNDSCAPE_COLUMNS = ["row_id", "site", "audio_id", "seconds", "birds"]
-SEGMENT_SECONDS = 5.0
 
 
-def is_birdclef(input_dir) -> bool:
+def detect(input_dir, cfg=None) -> bool:
     return (Path(input_dir) / METADATA).is_file()
 
 
@@ -125,13 +127,23 @@ def classes_of(meta: pd.DataFrame) -> list[str]:
     return sorted(meta["primary_label"].unique())
 
 
-def clip_anchors(rows: pd.DataFrame, crop_seconds: float, max_chunks: int) -> pd.DataFrame:
-    """Training anchors of whole-clip rows: each clip cut into up to `max_chunks` equal chunks
-    (about one crop long), so crops (drawn around an anchor) cover the whole clip instead of
-    its middle only."""
-    out = []
-    for row in rows.itertuples(index=False):
-        n = max(1, min(max_chunks, int(np.ceil((row.t_max - row.t_min) / crop_seconds - 1e-6))))
-        edges = np.linspace(row.t_min, row.t_max, n + 1)
-        out += [row._replace(t_min=a, t_max=b) for a, b in zip(edges[:-1], edges[1:])]
-    return pd.DataFrame(out, columns=rows.columns)
+def read(input_dir, cfg) -> Inputs:
+    """The clips (train) and labelled soundscapes (held out); `cfg.secondary_labels` adds
+    +1 rows for the clips' secondary labels."""
+    meta = read_metadata(input_dir)
+    segments, scapes = read_soundscapes(input_dir)
+    classes = classes_of(meta)
+    files = [(rid, "train", path) for rid, path in zip(meta["recording_id"], meta["path"])]
+    files += [(rid, "soundscape", path) for rid, path in scapes]
+    counts = {rid: 1 + len(sec) for rid, sec in zip(meta["recording_id"], meta["secondary"])}
+    for rid, n in segments["recording_id"].value_counts().items():
+        counts[rid] = counts.get(rid, 0) + int(n)
+
+    def annotate(recordings: pd.DataFrame, report: dict, sample_rate: int) -> tuple:
+        ok = recordings[recordings["split"] != "test"]
+        durations = dict(zip(ok["recording_id"], ok["duration"]))
+        ann = annotations(meta, segments, durations, classes, sample_rate, cfg.secondary_labels)
+        return tables.check_annotations(ann, recordings, classes, report), None, None
+
+    return Inputs(layout=NAME, files=files, classes=classes, annotate=annotate,
+                  rows_per_recording=counts, label_unit="clips", segments=segments)

@@ -1,12 +1,12 @@
 """Mixing one demo recording: calls, look-alikes, FP boxes and background on one canvas
-(the Scene used by common.demo; the sound synthesis is in common.demo_calls and
-common.demo_noise)."""
+(the Scene used by common.demos.rfcx; the sound synthesis is in common.demos.calls and
+common.demos.noise)."""
 from __future__ import annotations
 
 import numpy as np
 
-from common.demo_calls import SPECIES, decoy, extent, fit_pitch, noise_burst, songtype4, synth_call
-from common.demo_noise import band_power, colored_noise, drone, rain
+from common.demos.calls import SPECIES, decoy, extent, fit_pitch, noise_burst, songtype4, synth_call
+from common.demos.noise import band_power, colored_noise, drone, rain
 
 
 # ----------------------------------------------------------------------------- mixing

@@ -1,4 +1,4 @@
-"""What each demo recording holds, decided before any sound is made (common.demo renders it):
+"""What each demo recording holds, decided before any sound is made (common.demos.rfcx renders it):
 which species call, which are annotated as TP, how many FP rows and for which species, and
 the test clips' species drawn with RFCx-like skew. One RNG for the whole plan, so the plan
 (and the byte-identical dataset) does not depend on the number of rendering processes."""
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from common.demo_calls import SPECIES
+from common.demos.calls import SPECIES
 
 N_SPECIES = len(SPECIES)
 # Share of test clips in which each species calls (RFCx-like skew, ~3 species per clip);

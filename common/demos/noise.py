@@ -1,13 +1,13 @@
 """Background sound of the demo recordings: a colored-noise floor (white/pink/brown mix with
 a table of its power per band, so calls can be set at an in-band SNR), rain bursts and
-insect drones. Same contract as common.demo_calls: a numpy Generator in, float32 out."""
+insect drones. Same contract as common.demos.calls: a numpy Generator in, float32 out."""
 from __future__ import annotations
 
 import functools
 
 import numpy as np
 
-from common.demo_calls import cycles, fade_window, fast_len
+from common.demos.calls import cycles, fade_window, fast_len
 
 GRID_HZ = 5.0  # frequency step of the noise power table that band_power reads
 

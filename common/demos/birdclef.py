@@ -1,12 +1,12 @@
-"""Embedded demo dataset in the BirdCLEF 2021 layout (common.birdclef), no download:
+"""Embedded demo dataset in the BirdCLEF 2021 layout (common/layouts/birdclef2021.py), no download:
 
-    python -m common.demo_birdclef --out data/birdclef_demo
+    python -m common.demos.birdclef --out data/birdclef_demo
 
 Short clips of one focal species each (sometimes a second, quieter species, listed in
 secondary_labels) under train_short_audio/<label>/, and a few labelled soundscapes whose
 5 s segments list every species calling in them, or `nocall`. The calls, look-alike
 decoys, colored noise, rain and insect drones come from the RFCx demo's synthesis
-(common.demo_calls / demo_scene), so the species keep their real RFCx bands. Byte-identical
+(common.demos.calls / common.demos.scene), so the species keep their real RFCx bands. Byte-identical
 output for a given spec: every file has its own RNG from SeedSequence([seed, kind, index]).
 """
 from __future__ import annotations
@@ -22,11 +22,11 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from common import demo_calls as dc
+from common.demos import calls as dc
 from common.data import overlap_hit
-from common.demo import DemoSpec
-from common.demo_noise import release_noise_bank
-from common.demo_scene import Scene
+from common.demos.rfcx import DemoSpec
+from common.demos.noise import release_noise_bank
+from common.demos.scene import Scene
 
 SITES = ("COR", "SSW", "SNE")
 
@@ -151,7 +151,7 @@ def main(argv=None) -> dict:
             parser.add_argument(f"--{f.name}", type=type(f.default), default=f.default)
     args = vars(parser.parse_args(argv))
     out, workers = args.pop("out"), args.pop("workers")
-    from common import demo_birdclef  # workers unpickle common.demo_birdclef, not __main__
+    from common.demos import birdclef as demo_birdclef  # workers unpickle common.demos.birdclef, not __main__
     summary = demo_birdclef.write_birdclef_demo(out, demo_birdclef.BirdDemoSpec(**args), workers)
     print(f"BirdCLEF demo in {out}: {summary}")
     return summary

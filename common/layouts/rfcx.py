@@ -1,0 +1,98 @@
+"""The RFCx layout (Rainforest Connection Species Audio Detection, Kaggle 2020-21):
+
+    train/*.flac, test/*.flac     one file per recording
+    train_tp.csv, train_fp.csv    recording_id, species_id, songtype_id, t_min, f_min, t_max, f_max
+    sample_submission.csv         recording_id, s0..s23 (the class order)
+    test_truth.csv (optional)     recording_id, s0..: complete 0/1 test labels (the demo, nips4b)
+    test_events.csv (optional)    recording_id, class, t_min, t_max: every call of the test set
+
+TP rows become +1 rows of the annotation table, FP rows -1 rows; unannotated time is unknown.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from common import tables
+from common.audio import AUDIO_EXTENSIONS
+from common.cli import ConfigError
+from common.layouts.base import Inputs, numbers, read_table
+
+NAME = "rfcx"
+RFCX_COLUMNS = ["recording_id", "species_id", "songtype_id", "t_min", "f_min", "t_max", "f_max"]
+EVENT_COLUMNS = ["recording_id", "class", "t_min", "t_max"]
+
+
+def detect(input_dir, cfg=None) -> bool:
+    return (Path(input_dir) / "train_tp.csv").is_file()
+
+
+def rfcx_annotations(input_dir) -> pd.DataFrame:
+    """train_tp.csv (+1) and train_fp.csv (-1) as rows of the annotation table."""
+    parts = []
+    for name, label in (("train_tp.csv", 1), ("train_fp.csv", -1)):
+        path = Path(input_dir) / name
+        frame = read_table(path, RFCX_COLUMNS)
+        times = numbers(frame, path, ["t_min", "t_max", "f_min", "f_max"])
+        parts.append(pd.DataFrame({
+            "recording_id": frame["recording_id"].astype(str),
+            "class": "s" + numbers(frame, path, ["species_id"], integer=True)["species_id"].astype(str),
+            **times, "label": label, "source": name,
+            "row": np.arange(len(frame)) + 2}))  # the CSV line, for messages (header = 1)
+    return pd.concat(parts, ignore_index=True)
+
+
+def rfcx_classes(input_dir, annotations: pd.DataFrame) -> list[str]:
+    """Class order of the submission (s0..s23), else the numeric order of the species seen."""
+    sub = Path(input_dir) / "sample_submission.csv"
+    if sub.is_file():
+        cols = [c for c in pd.read_csv(sub, nrows=0).columns if c != "recording_id"]
+        if cols:
+            return cols
+    return sorted(annotations["class"].unique(), key=lambda c: int(c[1:]))
+
+
+def list_audio(input_dir) -> list[tuple[str, str, str]]:
+    """(recording_id, split, path) of every audio file under train/ and test/."""
+    found = []
+    for split in ("train", "test"):
+        folder = Path(input_dir) / split
+        if not folder.is_dir():
+            raise ConfigError(f"{folder} is missing: input_dir must hold train/ and test/ "
+                              "(the RFCx layout)")
+        for path in sorted(folder.iterdir()):
+            if path.suffix.lower() in AUDIO_EXTENSIONS:
+                found.append((path.stem, split, str(path)))
+    return found
+
+
+def test_truth(input_dir, classes: list, test_ids: set) -> tuple:
+    """(clip truth, events) of the test recordings from test_truth.csv / test_events.csv
+    when INPUT_DIR has them, else None for each."""
+    truth = events = None
+    path = Path(input_dir) / "test_truth.csv"
+    if path.is_file():
+        truth = read_table(path, ["recording_id", *classes])
+        truth["recording_id"] = truth["recording_id"].astype(str)
+        truth = truth.loc[truth["recording_id"].isin(test_ids), ["recording_id", *classes]]
+    path = Path(input_dir) / "test_events.csv"
+    if path.is_file():
+        events = read_table(path, EVENT_COLUMNS)
+        events["recording_id"] = events["recording_id"].astype(str)
+        events = events[events["recording_id"].isin(test_ids)]
+    return truth, events
+
+
+def read(input_dir, cfg=None) -> Inputs:
+    ann = rfcx_annotations(input_dir)
+    classes = rfcx_classes(input_dir, ann)
+
+    def annotate(recordings: pd.DataFrame, report: dict, sample_rate: int) -> tuple:
+        checked = tables.check_annotations(ann, recordings, classes, report, sample_rate)
+        test_ids = set(recordings.loc[recordings["split"] == "test", "recording_id"])
+        return (checked, *test_truth(input_dir, classes, test_ids))
+
+    return Inputs(layout=NAME, files=list_audio(input_dir), classes=classes, annotate=annotate,
+                  rows_per_recording=ann["recording_id"].value_counts().to_dict())
