@@ -108,16 +108,19 @@ def shift_logits(logits: np.ndarray, train_prior: np.ndarray, test_prior: np.nda
 
 
 def simulate_shift(cal_logits: np.ndarray, truth: np.ndarray, draws: int = 20,
-                   spread: float = 1.0, seed: int = 0) -> dict:
+                   spread: float = 1.0, seed: int = 0, raw_logits: np.ndarray | None = None) -> dict:
     """Resample calibrated OOF predictions to skewed priors; per draw, estimate the prior by
     EM and score LWLRAP with no correction, the EM correction and the oracle (the draw's true
     prior). Recordings are drawn with weight exp(sum_k y_k g_k), g_k ~ N(0, spread^2): each
     draw makes some classes far more common and others rarer, as RFCx's test set is skewed
-    against its TP rows. Returns mean figures and the gain of EM over none."""
+    against its TP rows. With `raw_logits` (the uncalibrated scores of the same recordings)
+    the draws also score them (`raw`), so calibration itself is judged under skew too.
+    Returns mean figures, the gain of EM over none and the best of raw / none / em."""
     rng = np.random.default_rng(seed)
     truth = (np.asarray(truth) > 0).astype(np.float64)
     keep = truth.any(axis=1)
     z, y = np.asarray(cal_logits, np.float64)[keep], truth[keep]
+    raw = None if raw_logits is None else np.asarray(raw_logits, np.float64)[keep]
     n = len(y)
     if n < 10:
         return {"draws": 0, "apply": False, "reason": f"{n} OOF recordings with a label"}
@@ -135,9 +138,12 @@ def simulate_shift(cal_logits: np.ndarray, truth: np.ndarray, draws: int = 20,
             "em": metrics.lwlrap(ys, shift_logits(zs, train_prior, est)),
             "oracle": metrics.lwlrap(ys, shift_logits(zs, train_prior, true_prior)),
             "prior_error": float(np.abs(est - true_prior).mean()),
-            "prior_error_train": float(np.abs(train_prior - true_prior).mean())})
+            "prior_error_train": float(np.abs(train_prior - true_prior).mean()),
+            **({} if raw is None else {"raw": metrics.lwlrap(ys, raw[idx])})})
     mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
     mean["em_gain"] = mean["em"] - mean["none"]
     mean["draws"] = draws
     mean["apply"] = bool(mean["em_gain"] > 0.0)
+    options = [k for k in ("raw", "none", "em") if k in mean]
+    mean["best"] = max(options, key=lambda k: mean[k])
     return mean

@@ -76,5 +76,10 @@ def test_simulation_reports_prior_error_and_recovered_lwlrap():
     assert sim["prior_error"] < sim["prior_error_train"]  # EM tracks the skewed prior
     assert sim["oracle"] >= sim["none"] - 0.01
     assert sim["apply"] == (sim["em_gain"] > 0)
+    raw = logits + np.arange(k)[None, :]  # the same scores with class offsets: worse rankings
+    judged = calibration.simulate_shift(logits, truth, draws=8, spread=1.5, seed=0, raw_logits=raw)
+    assert judged["raw"] < judged["none"]
+    assert judged["best"] == max(("raw", "none", "em"), key=lambda o: judged[o])
+    assert judged["best"] != "raw"
     tiny = calibration.simulate_shift(logits[:5], truth[:5])
     assert tiny["apply"] is False and tiny["draws"] == 0
