@@ -140,6 +140,12 @@ def test_held_out_split_is_seeded_stratified_and_marks_win(tmp_path):
         tmp_path / "boxes.csv", index=False)
     files = layouts.read(tmp_path, cfg_of(tmp_path)).files
     assert sorted(r for r, s, _ in files if s == "test") == ["b", "d"]
+    (tmp_path / "test" / "d.wav").rename(tmp_path / "d.wav")  # marks "train" only: a draw
+    table = pd.read_csv(tmp_path / "boxes.csv").assign(split=["train", "train", None, None])
+    table.to_csv(tmp_path / "boxes.csv", index=False)
+    drawn = {r for r, s, _ in layouts.read(tmp_path, cfg_of(tmp_path, "--test_fraction=0.5")).files
+             if s == "test"}
+    assert len(drawn) == 1 and drawn <= {"c", "d"}  # never a recording marked train
 
 
 # ----------------------------------------------------------------------------- front end, figures

@@ -267,7 +267,8 @@ def choose_test(data: BoxData, cfg, rid_of: dict, annotated: set, background: se
     marks = {rid_of[p]: m for p, m in split_marks(data, cfg, rid_of).items()}
     if any(m == "test" for m in marks.values()):
         return {rid for rid, m in marks.items() if m == "test"}
-    candidates = {rid: set() for rid in annotated | {rid_of[p] for p in background}}
+    marked_train = {rid for rid, m in marks.items() if m == "train"}  # never drawn for test
+    candidates = {rid: set() for rid in (annotated | {rid_of[p] for p in background}) - marked_train}
     for rid, cls in zip(boxes.loc[~boxes["background"], "recording_id"],
                         boxes.loc[~boxes["background"], "class"]):
         if rid in candidates:
