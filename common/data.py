@@ -55,6 +55,8 @@ def _stratified(rows: pd.DataFrame, ids: list, classes: list[str], n_folds: int,
     y = np.zeros((len(ids), len(classes)), dtype=int)
     for rid, cls in zip(rows["recording_id"], rows["class"]):
         y[row_of[rid], index[cls]] = 1
+    if y.shape[1] == 1:  # one class: iterstrat wants a multilabel matrix, so add its complement
+        y = np.column_stack([y, 1 - y])
     splitter = MultilabelStratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     for k, (_, val_idx) in enumerate(splitter.split(np.zeros(len(ids)), y)):
         fold[val_idx] = k

@@ -176,6 +176,12 @@ def test_make_folds_deals_fewer_fp_only_recordings_than_folds():
     assert len(fp) == 2 and fp["fold"].between(0, 4).all() and fp["fold"].is_unique
 
 
+def test_make_folds_of_a_single_class():
+    ann = events([(f"r{i}", "s0", 0.0, 1.0, 1) for i in range(6)])
+    folds = make_folds(ann, ["s0"], 3, seed=0)
+    assert sorted(folds["fold"].value_counts().tolist()) == [2, 2, 2]
+
+
 def test_make_folds_too_few_recordings():
     ann, classes = synthetic_annotations(n_species=2, per_species=1, n_fp_only=1)
     with pytest.raises(ConfigError, match="n_folds"):

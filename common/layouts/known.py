@@ -143,6 +143,8 @@ def held_out(candidates: dict, fraction: float, seed: int) -> set:
     from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
     labels = sorted({c for v in candidates.values() for c in v})
     y = np.array([[c in candidates[i] for c in labels] for i in ids], dtype=int)
+    if y.shape[1] == 1:  # one class: iterstrat wants a multilabel matrix, so add its complement
+        y = np.column_stack([y, 1 - y])
     splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=n_test, random_state=seed)
     _, test = next(splitter.split(np.zeros(len(ids)), y))
     chosen = [ids[i] for i in test][:n_test]
