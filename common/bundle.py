@@ -6,7 +6,8 @@ the repository is not: the script's docstring comes first, then a short bootstra
 script itself unchanged (imports, the CFG block, helpers, main). The kit modules it uses are
 found by following `import` / `from ... import` statements through the AST from the script,
 whatever packages and subpackages the repository holds (relative imports, imports inside
-functions, parent packages' `__init__.py`, `importlib.import_module("literal")`); a module
+functions, parent packages' `__init__.py`, `importlib.import_module("literal")`, and the
+whole package of a module that imports a computed name, as a plugin registry does); a module
 no import reaches is left out.
 
 Why a zip that is unpacked and imported, not inlined code: the house style forbids `exec` /
@@ -126,6 +127,14 @@ def _is_import_module(func: ast.AST) -> bool:
         (isinstance(func, ast.Name) and func.id == "import_module")
 
 
+def imports_by_computed_name(tree: ast.AST) -> bool:
+    """True when the module imports a name it computes (`import_module(f"{__name__}.{m}")`,
+    a plugin registry): no walk can tell which modules, so its whole package goes along."""
+    return any(isinstance(node, ast.Call) and _is_import_module(node.func) and node.args
+               and not (isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str))
+               for node in ast.walk(tree))
+
+
 def kit_files(script: Path, root: Path = ROOT) -> list[Path]:
     """Every kit file that running `script` from `root` can import, parent packages'
     `__init__.py` included, sorted; the script itself is not in the list."""
@@ -134,7 +143,12 @@ def kit_files(script: Path, root: Path = ROOT) -> list[Path]:
     while todo:
         path, package = todo.pop()
         tree = ast.parse(path.read_text(), filename=str(path))
-        for name in imported_names(tree, package):
+        names = imported_names(tree, package)
+        if package and imports_by_computed_name(tree):
+            folder = root.joinpath(*package.split("."))
+            names |= {module_name(root, f) for f in folder.rglob("*.py")
+                      if "__pycache__" not in f.parts}
+        for name in names:
             parts = name.split(".")
             if module_file(root, parts[0]) is None:
                 continue  # not the kit's: the standard library or an installed package

@@ -27,10 +27,10 @@ from tests.conftest import ROOT, run_script
 FAKE_KIT = {
     "01_stage.py": '"""Stage: prints what the kit computes."""\nfrom __future__ import annotations\n\n'
                    "import json\nfrom dataclasses import dataclass, field\n\n"
-                   "from kit import a\nfrom kit.sub.deep import VALUE\n\n\n@dataclass\nclass CFG:\n"
+                   "from kit import a, plugins\nfrom kit.sub.deep import VALUE\n\n\n@dataclass\nclass CFG:\n"
                    "    n: int = field(default_factory=a.default_n)\n\n\n"
                    "def main(cfg):\n    print(json.dumps({'n': cfg.n, 'deep': VALUE, "
-                   "'lazy': a.lazy(), 'file': a.__file__}))\n\n\n"
+                   "'lazy': a.lazy(), 'plugins': sorted(plugins.FOUND), 'file': a.__file__}))\n\n\n"
                    "if __name__ == '__main__':\n    main(CFG())\n",
     "kit/__init__.py": "",
     "kit/a.py": "from . import b\n\n\ndef default_n():\n    return b.N + 1\n\n\n"
@@ -43,10 +43,16 @@ FAKE_KIT = {
     "kit/sub/lazy_mod.py": "WORD = 'lazy'\n",
     "kit/sub/unused.py": "raise RuntimeError('never imported')\n",
     "kit/unused.py": "import kit.sub.unused\n",
+    "kit/plugins/__init__.py": "import importlib\nimport pkgutil\n\n"  # a registry: names computed
+                               "FOUND = {m.name: importlib.import_module(f'{__name__}.{m.name}')\n"
+                               "         for m in pkgutil.iter_modules(__path__)}\n",
+    "kit/plugins/one.py": "",
+    "kit/plugins/two/__init__.py": "",
     "ns/x.py": "X = 2\n",          # a namespace package (no __init__.py)
     "tools.py": "BASE = 40\n",      # a top-level module of the kit
 }
-FAKE_USED = ["kit/__init__.py", "kit/a.py", "kit/b.py", "kit/sub/__init__.py", "kit/sub/deep.py",
+FAKE_USED = ["kit/__init__.py", "kit/a.py", "kit/b.py", "kit/plugins/__init__.py", "kit/plugins/one.py",
+             "kit/plugins/two/__init__.py", "kit/sub/__init__.py", "kit/sub/deep.py",
              "kit/sub/helper.py", "kit/sub/lazy_mod.py", "ns/x.py", "tools.py"]
 
 
@@ -88,6 +94,7 @@ def test_fake_bundle_runs_alone_and_replaces_another_kit(fake_kit, tmp_path):
     env = clean_env(temp)
     result = json.loads(run_bundled(run_dir, "01_stage.py", env=env).stdout)
     assert result["n"] == 43 and result["deep"] == 420 and result["lazy"] == "lazy"
+    assert result["plugins"] == ["one", "two"]
     kit_dir = Path(result["file"]).parents[1]
     assert kit_dir.parent == temp and kit_dir.name.startswith("sed-kit-")
     assert sorted(p.relative_to(kit_dir).as_posix() for p in kit_dir.rglob("*.py")) == FAKE_USED
