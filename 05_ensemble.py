@@ -14,6 +14,9 @@ on skewed resamples of the OOF recordings says it helps (`prior_scaling=auto`); 
 lists it next to the training prior. A run whose CV is below the best run's is named in
 the report. The framewise outputs (mean over folds and runs, on the first run's frame
 grid) give the event table and Raven selection tables.
+With no test recordings (BirdCLEF 2021 layout, an RFCx test/ empty or missing) the runs are
+blended on their OOF predictions only: report, summary (with the blend's soundscape F1 where
+the layout has labelled soundscapes) and pictures of held-out recordings, no submission.
 
 Reads  the runs' folders (fold{k}.pth, oof.csv, metrics.json, manifest.json), their
        preprocessing runs, INPUT_DIR/sample_submission.csv and test_truth.csv (demo).
@@ -37,7 +40,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from common import blend, calibration, class_figures, detect, metrics, paths, plots, report, runs, stage
+from common import (blend, calibration, class_figures, detect, heldout, metrics, paths, plots,
+                    report, runs, stage)
 from common.cli import ConfigError, cfg_dict, run
 from common.infer import frame_count, predict_frames, resample_frames, resolve_device
 from common.prepared import load_prepared
@@ -105,7 +109,8 @@ def load_run(run_dir: Path) -> dict:
             "mcfg": ckpt["model_cfg"], "preprocess": manifest["inputs"]["preprocess"],
             "folds": folds, "fold_weights": [fold_cv.get(f, 1.0) for f in folds],
             "cv_lwlrap": result.get("cv_lwlrap"), "oof": oof.set_index("recording_id"),
-            "oof_stride": float(oof_stride)}
+            "oof_stride": float(oof_stride),
+            "segment_f1": {k: result[k] for k in ("local_f1", "soundscape_f1") if k in result}}
 
 
 def get_prep(cfg: CFG, cache: dict, tag: str):
@@ -135,7 +140,8 @@ def fit_blend(cfg: CFG, infos: list, prep) -> dict:
             cals.append(calibration.cross_fit(raw, truth, groups))
             info["oof_common_cal"] = metrics.lwlrap(truth, cals[-1])
     plain = weigh(cfg, raws, truth, calibrated=False)
-    out = {**plain, "n_common": len(common), "calibrated": False, "cv_uncalibrated": plain["cv_lwlrap"]}
+    out = {**plain, "n_common": len(common), "calibrated": False, "common": common,
+           "oof_truth": truth, "cv_uncalibrated": plain["cv_lwlrap"]}
     if cals:
         cal = weigh(cfg, cals, truth, calibrated=True)
         out["cv_calibrated"] = cal["cv_lwlrap"]
@@ -219,7 +225,8 @@ def write_detections(cfg: CFG, run_dir: Path, tracks: dict, prep, grid: dict) ->
 
 
 def write_pictures(cfg: CFG, run_dir: Path, prep, infos: list, tracks: dict, pic_ids: list,
-                   found, blend_scores: np.ndarray, ids: list, weights) -> list:
+                   found, blend_scores: np.ndarray, ids: list, weights,
+                   truth_what: str = "test truth") -> list:
     out, mcfg = [], {**infos[0]["mcfg"], "sample_rate": prep.sample_rate}
     truth = dict(zip(found[0], found[1])) if found is not None else {}
     for rid in pic_ids:
@@ -233,7 +240,7 @@ def write_pictures(cfg: CFG, run_dir: Path, prep, infos: list, tracks: dict, pic
         order = {rid: i for i, rid in enumerate(ids)}
         ap = metrics.per_class_ap(found[1], blend_scores[[order[r] for r in found[0]]])
         out.append(plots.bar_chart(run_dir / "pictures" / "species_ap.png", prep.classes, ap,
-                                   "per-species AP of the blend (demo test truth)", "AP", (0, 1.1)))
+                                   f"per-species AP of the blend ({truth_what})", "AP", (0, 1.1)))
     out.append(plots.bar_chart(run_dir / "pictures" / "blend_weights.png",
                                [i["name"] for i in infos], weights, f"blend weights ({cfg.blend})",
                                "weight", (0, 1.1)))
@@ -248,7 +255,9 @@ def report_rows(cfg: CFG, infos: list, fitted: dict, found, ids: list, out: dict
                "resolution": stage.resolution(info["mcfg"]), "folds": len(info["folds"]),
                "weight": float(w), "cv_lwlrap": info["cv_lwlrap"],
                "oof_common": info["oof_common"], "oof_calibrated": info.get("oof_common_cal"),
-               **score_test(found, ids, info["test_raw"], metrics.sigmoid(info["test"]))}
+               **info["segment_f1"]}
+        if found is not None:
+            row.update(score_test(found, ids, info["test_raw"], metrics.sigmoid(info["test"])))
         if "calibrator" in info and found is not None:
             row["test_lwlrap_calibrated"] = score_test(found, ids, info["test"])["test_lwlrap"]
         rows.append(row)
@@ -256,7 +265,9 @@ def report_rows(cfg: CFG, infos: list, fitted: dict, found, ids: list, out: dict
            "backbone": "+".join(sorted({r["backbone"] for r in rows})),
            "folds": sum(r["folds"] for r in rows if r["weight"] > 0),
            "cv_lwlrap": fitted["cv_lwlrap"], "oof_common": fitted["cv_lwlrap"],
-           **score_test(found, ids, out["plain"], out["probs"])}
+           **fitted["segment_f1"]}
+    if found is not None:
+        row.update(score_test(found, ids, out["plain"], out["probs"]))
     if out.get("prior_applied") is not None and found is not None:
         row["test_lwlrap_prior"] = score_test(found, ids, out["scaled"])["test_lwlrap"]
     return rows + [row]
@@ -273,7 +284,8 @@ def weaker_runs(infos: list, weights, calibrated: bool) -> list[str]:
 
 def render_report(cfg: CFG, rows: list, facts: dict) -> str:
     cols = [c for c in ("run", "backbone", "resolution", "folds", "weight", "cv_lwlrap",
-                        "oof_common", "oof_calibrated", "test_lwlrap", "test_lwlrap_calibrated",
+                        "oof_common", "oof_calibrated", "local_f1", "soundscape_f1",
+                        "test_lwlrap", "test_lwlrap_calibrated",
                         "test_lwlrap_prior", "test_f1")
             if any(c in r for r in rows)]
     fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else "" if v is None else str(v)  # noqa
@@ -283,9 +295,16 @@ def render_report(cfg: CFG, rows: list, facts: dict) -> str:
              f"prior scaling: {cfg.prior_scaling} ({facts.get('prior_note', 'off')})",
              f"- oof_common: OOF LWLRAP on the {facts['n_common']} recordings in every run's "
              "oof.csv; oof_calibrated: the same after per-class Platt scaling fitted on the "
-             "other folds (the blend's CV uses it); cv_lwlrap of a run: its own metrics.json",
-             "- test_f1: F1@0.5 of sigmoid(logits); for the blend, of the weighted mean of the "
-             "runs' probabilities (blended z-scores or ranks are no probabilities)"]
+             "other folds (the blend's CV uses it); cv_lwlrap of a run: its own metrics.json"]
+    if "test_f1" in cols:
+        notes.append("- test_f1: F1@0.5 of sigmoid(logits); for the blend, of the weighted mean "
+                     "of the runs' probabilities (blended z-scores or ranks are no probabilities)")
+    if "local_f1" in rows[-1] or "soundscape_f1" in rows[-1]:
+        notes.append("- local_f1 / soundscape_f1: row F1@0.5 of 5 s segments (BirdCLEF 2021 rule); "
+                     "for the blend, of the weighted mean of the runs' segment probabilities")
+    if facts.get("no_test"):
+        notes.append(f"- no test scores: {facts['no_test']}; the pictures show held-out (OOF) "
+                     "recordings, each drawn by the fold model that validated it")
     notes += [f"- weaker than the best run on CV: {line}" for line in facts.get("weaker", [])]
     if "test_prevalence_baseline" in facts:
         notes.append(f"- test prevalence baseline LWLRAP: {facts['test_prevalence_baseline']:.4f}")
@@ -372,15 +391,7 @@ def write_outputs(cfg: CFG, run_dir: Path, prep, infos: list, fitted: dict, trac
     runs.save_csv(run_dir / "submission.csv", sub)
     found = prep.test_truth(cfg.input_dir)
     rows = report_rows(cfg, infos, fitted, found, ids, out)
-    cal_cv, sim = fitted.get("cv_calibrated", float("nan")), fitted.get("shift_simulation") or {}
-    facts = {"n_common": fitted["n_common"], "filled": filled, "prior_note": out["prior_note"],
-             "calibration_note": f"{'used' if fitted['calibrated'] else 'not used'}: blend CV "
-                                 f"{cal_cv:.4f} calibrated vs {fitted['cv_uncalibrated']:.4f} raw; "
-                                 f"on skewed OOF resamples raw {sim.get('raw', float('nan')):.4f}, "
-                                 f"calibrated {sim.get('none', float('nan')):.4f}, with the EM "
-                                 f"prior {sim.get('em', float('nan')):.4f}",
-             "weaker": weaker_runs(infos, fitted["weights"], fitted["calibrated"]),
-             "shift_simulation": fitted.get("shift_simulation")}
+    facts = {**blend_facts(infos, fitted), "filled": filled, "prior_note": out["prior_note"]}
     if found is not None:
         facts["test_prevalence_baseline"] = metrics.prevalence_baseline(found[1])
     files = ["submission.csv", "report.md", "report.json"] + \
@@ -393,13 +404,65 @@ def write_outputs(cfg: CFG, run_dir: Path, prep, infos: list, fitted: dict, trac
     files += more
     files += write_pictures(cfg, run_dir, prep, infos, tracks, ids[:max(cfg.n_pictures, 0)],
                             found, final, ids, fitted["weights"])
+    save_report(cfg, run_dir, infos, fitted, rows, facts, per_class)
+    return rows, facts, files
+
+
+def blend_facts(infos: list, fitted: dict) -> dict:
+    """What the report says of the OOF blend: common recordings, calibration, weaker runs."""
+    cal_cv, sim = fitted.get("cv_calibrated", float("nan")), fitted.get("shift_simulation") or {}
+    return {"n_common": fitted["n_common"],
+            "calibration_note": f"{'used' if fitted['calibrated'] else 'not used'}: blend CV "
+                                f"{cal_cv:.4f} calibrated vs {fitted['cv_uncalibrated']:.4f} raw; "
+                                f"on skewed OOF resamples raw {sim.get('raw', float('nan')):.4f}, "
+                                f"calibrated {sim.get('none', float('nan')):.4f}, with the EM "
+                                f"prior {sim.get('em', float('nan')):.4f}",
+            "weaker": weaker_runs(infos, fitted["weights"], fitted["calibrated"]),
+            "shift_simulation": fitted.get("shift_simulation")}
+
+
+def save_report(cfg: CFG, run_dir: Path, infos: list, fitted: dict, rows: list, facts: dict,
+                extra: str = "") -> None:
     runs.save_json(run_dir / "report.json", {"rows": rows, **facts, "blend": cfg.blend,
                                              "prior_scaling": cfg.prior_scaling,
                                              "weights": dict(zip([i["name"] for i in infos],
                                                                  fitted["weights"]))})
     runs.atomic_write(run_dir / "report.md",
-                      lambda f: f.write(render_report(cfg, rows, facts) + per_class))
-    return rows, facts, files
+                      lambda f: f.write(render_report(cfg, rows, facts) + extra))
+
+
+def finish_without_test(cfg: CFG, run_dir: Path, prep, preps: dict, infos: list, fitted: dict,
+                        inputs: dict, tic: float, device) -> dict:
+    """No test recordings: report, summary and pictures of held-out recordings from the OOF
+    blend, one line saying why there is nothing to submit; no submission.csv."""
+    why = heldout.no_test_reason(prep)
+    weights = np.asarray(fitted["weights"]) / np.sum(fitted["weights"])
+    pic_ids = heldout.pick_recordings(infos, cfg.n_pictures)
+    tracks = heldout.heldout_tracks(infos, prep, preps, pic_ids, weights,
+                                    infos[0]["mcfg"]["hop_length"], device)
+    found = (fitted["common"], fitted["oof_truth"]) if fitted["common"] else None
+    files = ["report.md", "report.json"] + write_pictures(
+        cfg, run_dir, prep, infos, tracks, pic_ids, found, fitted["blended"], fitted["common"],
+        fitted["weights"], truth_what="OOF recordings, TP labels")
+    rows = report_rows(cfg, infos, fitted, None, [], {})
+    facts = {**blend_facts(infos, fitted), "filled": [], "no_test": why}
+    save_report(cfg, run_dir, infos, fitted, rows, facts)
+    summary = {"cv_lwlrap": fitted["cv_lwlrap"], **fitted["segment_f1"], "submission": None,
+               "nothing_to_submit": why, "seconds": round(time.time() - tic, 1),
+               "tag": run_dir.name, "calibrated": fitted["calibrated"],
+               "weights": {i["name"]: float(w) for i, w in zip(infos, fitted["weights"])},
+               "weaker_runs": facts["weaker"]}
+    runs.update_summary(cfg.work_dir, "ensemble", summary)
+    runs.write_manifest(run_dir, "ensemble", cfg_dict(cfg), inputs, files,
+                        {**summary, "rows": rows}, finished=True)
+    report.main(report.CFG(work_dir=cfg.work_dir))
+    print(render_report(cfg, rows, facts))
+    scape = f", soundscape F1 {summary['soundscape_f1']:.4f}" if "soundscape_f1" in summary else ""
+    what = f"{len(infos)} runs" if len(infos) > 1 else "1 run"
+    print(f"nothing to submit: {why}; blended {what} on their OOF predictions (CV "
+          f"LWLRAP {fitted['cv_lwlrap']:.4f}{scape}), no submission.csv -> {run_dir / 'report.md'}",
+          flush=True)
+    return {"summary": summary, "rows": rows, "run_dir": run_dir}
 
 
 def main(cfg: CFG) -> dict:
@@ -408,6 +471,8 @@ def main(cfg: CFG) -> dict:
     device = resolve_device(cfg.device)
     infos, prep, preps = load_inputs(cfg)
     fitted = fit_blend(cfg, infos, prep)
+    fitted["segment_f1"] = {k: v for name in ("local", "soundscape") for k, v in
+                            heldout.blended_segment_f1(infos, fitted["weights"], prep, name).items()}
     run_dir = runs.start_run(cfg.work_dir, "ensemble", cfg.tag)
     inputs = {"runs": [i["name"] for i in infos],
               "preprocess": sorted({i["preprocess"] for i in infos})}
@@ -415,6 +480,8 @@ def main(cfg: CFG) -> dict:
     ids = prep.ids("test")
     print(f"ensemble {run_dir.name}: {len(infos)} runs, {len(ids)} test recordings, blend "
           f"{cfg.blend}, weights {np.round(fitted['weights'], 3).tolist()}", flush=True)
+    if not ids:
+        return finish_without_test(cfg, run_dir, prep, preps, infos, fitted, inputs, tic, device)
     keep = ids if cfg.detect else ids[:max(cfg.n_pictures, 0)]
     hop = infos[0]["mcfg"]["hop_length"]  # frame tracks live on the first run's frame grid
     grid = {"hop_s": hop / prep.sample_rate,
@@ -429,7 +496,8 @@ def main(cfg: CFG) -> dict:
     rows, facts, files = write_outputs(cfg, run_dir, prep, infos, fitted, tracks, grid)
     for line in facts["weaker"]:
         print(f"NOTE: weaker than the best run on CV: {line}", flush=True)
-    summary = {"cv_lwlrap": fitted["cv_lwlrap"], "submission": str(run_dir / "submission.csv"),
+    summary = {"cv_lwlrap": fitted["cv_lwlrap"], **fitted["segment_f1"],
+               "submission": str(run_dir / "submission.csv"),
                "seconds": round(time.time() - tic, 1), "tag": run_dir.name,
                "calibrated": fitted["calibrated"], "prior": facts["prior_note"],
                "weights": {i["name"]: float(w) for i, w in zip(infos, fitted["weights"])},

@@ -55,7 +55,7 @@ class Prepared:
         path = self.run_dir / "test_truth.csv"
         if not path.is_file():
             path = Path(input_dir) / "test_truth.csv"
-        if not path.is_file():
+        if not path.is_file() or not self.ids("test"):
             return None
         truth = pd.read_csv(path, dtype={"recording_id": str})
         truth = truth[truth["recording_id"].isin(set(self.ids("test")))]

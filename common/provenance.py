@@ -61,6 +61,7 @@ def clean_rows(pseudo: pd.DataFrame, fold: int, clean: list[int], folds: pd.Data
         return pseudo.iloc[:0], len(pseudo)
     allowed = set(clean)
     ok = pseudo["voters"].map(lambda v: bool(split_voters(v)) and split_voters(v) <= allowed)
+    ok = ok.astype(bool)  # an empty table maps to an object column
     ok &= ~pseudo["recording_id"].isin(excluded_ids(folds, fold))
     kept = pseudo[ok]
     keys = [c for c in ("recording_id", "t_min", "t_max", "class", "label") if c in kept.columns]

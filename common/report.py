@@ -12,7 +12,8 @@ from common import runs
 from common.cli import parse_cfg
 
 STAGES = ("preprocess", "stage1", "stage2", "pseudo", "stage3", "ensemble")
-FIGURES = ("cv_lwlrap", "test_lwlrap", "test_prevalence_baseline", "cv_f1", "seconds")
+FIGURES = ("cv_lwlrap", "test_lwlrap", "test_prevalence_baseline", "cv_f1", "local_f1",
+           "soundscape_f1", "seconds")
 
 
 @dataclass

@@ -70,7 +70,9 @@ def for_validation(prep, val_ids: list, crop_seconds: float) -> SegmentSet | Non
     return SegmentSet(table, prep.annotations, prep.classes, prep.sample_rate, crop_seconds)
 
 
-def _scores(name: str, truth: np.ndarray, probs: np.ndarray) -> dict:
+def f1_scores(name: str, truth: np.ndarray, probs: np.ndarray) -> dict:
+    """{name}_f1 (at 0.5), {name}_f1_best and {name}_threshold (best of a sweep),
+    {name}_micro_f1 of segment probabilities (N, K) against truth (N, K)."""
     sweep = metrics.threshold_sweep(truth, probs)
     return {f"{name}_f1": sweep["f1_at_0.5"], f"{name}_f1_best": sweep["best_f1"],
             f"{name}_threshold": sweep["best_threshold"],
@@ -90,7 +92,7 @@ def score_run(run_dir, fold_results: list, prep, cfg, device, load_model) -> dic
     probs = metrics.sigmoid(np.concatenate([r["seg_logits"] for r in fold_results]))
     runs.save_csv(run_dir / "oof_segments.csv",
                   _frame(pd.concat([s.table for s in sets]), probs, prep.classes))
-    out = _scores("local", truth, probs)
+    out = f1_scores("local", truth, probs)
     if prep.soundscapes is None or not len(prep.soundscapes):
         return out
     trained = {rid for r in fold_results for rid in r["trained_on"]}
@@ -104,7 +106,7 @@ def score_run(run_dir, fold_results: list, prep, cfg, device, load_model) -> dic
                                                    prep.cache, cfg.infer_batch, device))
                      for r in fold_results], axis=0)
     runs.save_csv(run_dir / "soundscape_pred.csv", _frame(scapes.table, probs, prep.classes))
-    return {**out, **_scores("soundscape", scapes.truth, probs)}
+    return {**out, **f1_scores("soundscape", scapes.truth, probs)}
 
 
 def best_memo(result: dict) -> str:

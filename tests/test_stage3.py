@@ -322,3 +322,12 @@ def test_tp_stream_keeps_the_real_tp_share(scripts):
     quarter = stage3.tp_stream(tp, windows, 0.25)
     assert (quarter["recording_id"] == "a").sum() == 60  # 20 rows x 3 = 1/4 of 240
     assert len(stage3.tp_stream(tp, windows.iloc[:0], 0.5)) == 20
+
+
+def test_clean_rows_of_an_empty_pseudo_table():
+    """03 may pass no window at all (weak models, high thresholds): 04 then trains on the
+    real rows alone instead of failing on the empty table."""
+    folds = pd.DataFrame({"recording_id": ["a", "b"], "fold": [0, 1]})
+    empty = pd.DataFrame(columns=["recording_id", "t_min", "t_max", "class", "label", "voters"])
+    kept, dropped = provenance.clean_rows(empty, 0, [0], folds)
+    assert len(kept) == 0 and dropped == 0 and isinstance(dropped, int)
