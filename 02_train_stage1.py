@@ -26,7 +26,7 @@ import torch
 from common import auto_frontend, dist, paths, runs, stage
 from common.cli import cfg_dict, run
 from common.data import CropDataset, cap_per_class, clip_anchors, split_fold
-from common.losses import get_loss
+from common.losses import frame_loss, get_loss
 from common.noise import input_mixup
 from common.prepared import load_prepared
 from common.sed import build_model, to_device
@@ -65,6 +65,8 @@ class CFG:
     mixup: float = 0.0             # input mixup on the waveform, Beta(a, a); labels united; 0 = off
     # training
     loss: str = "lsep"             # lsep | bce
+    w_frame: float = 0.0           # weight of the frame loss on the TP/FP boxes (masked BCE on
+                                   # the frame logits; 0 = off; not for clip labels)
     epochs: int = 30
     batch_size: int = 20
     lr: float = 1e-3               # Adam
@@ -111,9 +113,13 @@ def make_fold(cfg: CFG, prep, fold: int, mcfg: dict, device):
     if prep.clips:
         rows = clip_anchors(rows, cfg.crop_seconds, cfg.clip_chunks)
     rows = rows.loc[rows.index.repeat(crops_per_row(cfg, len(rows), fold))]
+    stage.seed_everything(cfg.seed + fold)
+    model = to_device(build_model(mcfg, cfg.pretrained_path), device)
+    n_frames = stage.frame_targets(cfg.w_frame, cfg.crop_seconds, prep, model)
     dataset = CropDataset(rows, ann[ann["label"] > 0], prep.cache, prep.classes, prep.sample_rate,
                           cfg.crop_seconds, prep.durations, seed=cfg.seed + fold,
-                          min_overlap=cfg.min_overlap)
+                          min_overlap=cfg.min_overlap, n_frames=n_frames,
+                          frame_events=ann[ann["recording_id"].isin(train_ids)])
     loss_fn = get_loss(cfg.loss)
 
     def make_loader(epoch):
@@ -125,12 +131,16 @@ def make_fold(cfg: CFG, prep, fold: int, mcfg: dict, device):
 
     def step(model, batch):
         wave, targets = batch[0], stage1_targets(batch[1])
+        frames = batch[2] if n_frames else None
         if cfg.mixup > 0:
-            wave, targets = input_mixup(wave, targets, cfg.mixup)
-        return loss_fn(model(wave)["clip_logit"].float(), targets)
+            wave, targets, *frames = input_mixup(wave, targets, cfg.mixup, frames)
+            frames = frames[0] if frames else None
+        out = model(wave)
+        loss = loss_fn(out["clip_logit"].float(), targets)
+        if n_frames:
+            loss = loss + cfg.w_frame * frame_loss(out["frame_logit"].float(), frames)
+        return loss
 
-    stage.seed_everything(cfg.seed + fold)
-    model = to_device(build_model(mcfg, cfg.pretrained_path), device)
     return model, make_loader, step, set(rows["recording_id"])
 
 

@@ -34,7 +34,7 @@ import torch
 from common import dist, paths, provenance, runs, stage
 from common.cli import cfg_dict, run
 from common.data import CropDataset, split_fold
-from common.losses import masked_focal_loss
+from common.losses import frame_loss, masked_focal_loss
 from common.sampling import TwoStreamSampler
 from common.sed import load_checkpoint
 
@@ -71,6 +71,8 @@ class CFG:
     w_zero: float = 1.0            # unknown entries; 0 turns the term off (stage 2)
     zero_target: float = 0.45      # "zero label smoothing"
     w_rank: float = 0.0            # + w_rank * LSEP (+1 above the rest): keeps stage 1's ranking
+    w_frame: float = 0.0           # + w_frame * masked frame BCE on the TP/FP boxes (pseudo
+                                   # windows give no frame targets); 0 = off
     mixup: bool = True             # last-layer mixup on the encoder feature map
     mixup_alpha: float = 1.0       # lambda ~ Beta(alpha, alpha)
     mix_negative: bool = False     # also mix the negative term by lambda
@@ -131,9 +133,12 @@ def make_fold(cfg: CFG, prep, fold: int, init_dir, pseudo, voters_seen: dict, de
         if cfg.pseudo_in_tp_stream:
             tp_rows = tp_stream(tp_rows, fold_pseudo[fold_pseudo["label"] > 0], cfg.real_tp_share)
     rows = pd.concat([tp_rows, fp_rows], ignore_index=True)
+    model, _ = load_checkpoint(init_dir / f"fold{fold}.pth", device)
+    n_frames = stage.frame_targets(cfg.w_frame, cfg.crop_seconds, prep, model)
     dataset = CropDataset(rows, ann, prep.cache, prep.classes, prep.sample_rate, cfg.crop_seconds,
                           prep.durations, seed=cfg.seed + fold, min_overlap=cfg.min_overlap,
-                          pseudo=fold_pseudo, pseudo_overlap=cfg.pseudo_overlap)
+                          pseudo=fold_pseudo, pseudo_overlap=cfg.pseudo_overlap,
+                          n_frames=n_frames)
     sampler = TwoStreamSampler(len(tp_rows), len(fp_rows), cfg.tp_per_batch, cfg.fp_per_batch,
                                seed=cfg.seed + fold, tp_epoch_rows=n_real_tp,
                                min_batches=cfg.min_epoch_steps)
@@ -147,15 +152,23 @@ def make_fold(cfg: CFG, prep, fold: int, init_dir, pseudo, voters_seen: dict, de
         return dist.loader(dataset, sampler, device, cfg.num_workers)
 
     def step(model, batch):
-        wave, labels = batch
+        wave, labels = batch[0], batch[1]
         if not cfg.mixup:
-            return masked_focal_loss(model(wave)["clip_logit"].float(), labels, **loss_kw(cfg))
+            out = model(wave)
+            loss = masked_focal_loss(out["clip_logit"].float(), labels, **loss_kw(cfg))
+            if n_frames:
+                loss = loss + cfg.w_frame * frame_loss(out["frame_logit"].float(), batch[2])
+            return loss
         perm = torch.from_numpy(rng["gen"].permutation(len(wave))).to(wave.device)
         lam = float(rng["gen"].beta(cfg.mixup_alpha, cfg.mixup_alpha))
-        logits = model(wave, mix=(perm, lam))["clip_logit"].float()
-        return masked_focal_loss(logits, labels, labels[perm], lam, **loss_kw(cfg))
+        out = model(wave, mix=(perm, lam))
+        loss = masked_focal_loss(out["clip_logit"].float(), labels, labels[perm], lam, **loss_kw(cfg))
+        if n_frames:  # mixed by lam, as the positive term: each component's boxes
+            frames = out["frame_logit"].float()
+            loss = loss + cfg.w_frame * (lam * frame_loss(frames, batch[2]) +
+                                         (1 - lam) * frame_loss(frames, batch[2][perm]))
+        return loss
 
-    model, _ = load_checkpoint(init_dir / f"fold{fold}.pth", device)
     init_seen = pd.read_csv(init_dir / "trained_on.csv", dtype={"recording_id": str})
     trained_on = set(rows["recording_id"]) | set(init_seen.loc[init_seen["fold"] == fold, "recording_id"])
     return model, make_loader, step, trained_on

@@ -123,6 +123,24 @@ def event_labels(events: tuple | None, start: float, end: float, n_classes: int,
     return labels
 
 
+def frame_labels(events: tuple | None, start: float, crop: float, n_frames: int,
+                 n_classes: int) -> np.ndarray:
+    """(n_frames, K) int8 frame targets of a crop [start, start + crop) from the arrays of
+    event_arrays: +1 where a frame's centre lies inside a TP box of the class, -1 inside an
+    FP box (a TP wins over an FP of the same class), 0 (no frame-level gradient) elsewhere.
+    Frame i of the model's output grid is centred at start + (i + 0.5) x crop / n_frames."""
+    out = np.zeros((n_frames, n_classes), dtype=np.int8)
+    if events is None:
+        return out
+    t0, t1, cls, lab = events
+    centres = start + (np.arange(n_frames) + 0.5) * crop / n_frames
+    inside = (centres[None, :] >= t0[:, None]) & (centres[None, :] < t1[:, None])  # (E, T)
+    for sign, rows in ((-1, lab <= 0), (1, lab > 0)):
+        for e in np.flatnonzero(rows & inside.any(axis=1)):
+            out[inside[e], cls[e]] = sign
+    return out
+
+
 class CropDataset(torch.utils.data.Dataset):
     """One training crop per anchor row: (wave (crop_samples,), labels (K,) in {-1,0,1}).
 
@@ -136,12 +154,16 @@ class CropDataset(torch.utils.data.Dataset):
     that window is what the voting models scored. A pseudo row labels a crop only where it
     covers at least `pseudo_overlap` of the crop (a window label says nothing about the
     part of a crop outside the window).
+    With `n_frames` > 0 an item also carries frame targets (n_frames, K) int8 from the
+    annotation rows of `frame_events` (TP and FP boxes; see frame_labels); pseudo windows
+    give none.
     """
 
     def __init__(self, rows: pd.DataFrame, annotations: pd.DataFrame, cache, classes: list[str],
                  sample_rate: int, crop_seconds: float, durations: dict, seed: int = 0,
                  min_overlap: float = 0.5, pseudo: pd.DataFrame | None = None,
-                 pseudo_overlap: float = 0.5):
+                 pseudo_overlap: float = 0.5, n_frames: int = 0,
+                 frame_events: pd.DataFrame | None = None):
         self.rows = rows.reset_index(drop=True)
         index = {c: i for i, c in enumerate(classes)}
         self.n_classes = len(classes)
@@ -157,6 +179,10 @@ class CropDataset(torch.utils.data.Dataset):
         self.durations, self.seed, self.epoch = durations, seed, 0
         self.min_overlap = min_overlap
         self.pseudo_min_s = pseudo_overlap * crop_seconds
+        self.n_frames = n_frames
+        self.frame_by_rec = {} if not n_frames else \
+            {rid: event_arrays(grp, index) for rid, grp in
+             (annotations if frame_events is None else frame_events).groupby("recording_id")}
         self.exact = self.rows["exact"].fillna(False).to_numpy(bool) if "exact" in self.rows \
             else np.zeros(len(self.rows), bool)
 
@@ -180,7 +206,11 @@ class CropDataset(torch.utils.data.Dataset):
         if rid in self.pseudo_by_rec:
             labels = combine_pseudo(labels, event_labels(self.pseudo_by_rec[rid], start, end,
                                                          self.n_classes, self.pseudo_min_s))
-        return torch.from_numpy(wave), torch.from_numpy(labels)
+        if not self.n_frames:
+            return torch.from_numpy(wave), torch.from_numpy(labels)
+        frames = frame_labels(self.frame_by_rec.get(rid), start, self.crop, self.n_frames,
+                              self.n_classes)
+        return torch.from_numpy(wave), torch.from_numpy(labels), torch.from_numpy(frames)
 
 
 def combine_pseudo(base: np.ndarray, pseudo: np.ndarray) -> np.ndarray:

@@ -104,6 +104,17 @@ def _mean(term: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 LOSSES = {"lsep": lsep_loss, "bce": bce_loss}
 
 
+def frame_loss(frame_logits: torch.Tensor, frame_labels: torch.Tensor) -> torch.Tensor:
+    """Masked BCE on frame logits (B, T, K) against frame labels (B, T, K) in {-1, 0, 1}
+    (common/data.py frame_labels: +1 inside a TP box of the class, -1 inside an FP box):
+    +1 -> target 1, -1 -> target 0, 0 -> no gradient. Mean over the labelled entries; 0 (with
+    a gradient graph) when a batch has none."""
+    mask = (frame_labels != 0).float()
+    target = (frame_labels > 0).float()
+    bce = F.binary_cross_entropy_with_logits(frame_logits, target, reduction="none")
+    return (bce * mask).sum() / mask.sum().clamp(min=1.0)
+
+
 def get_loss(name: str):
     if name not in LOSSES:
         from common.cli import ConfigError

@@ -68,10 +68,18 @@ class ColoredNoise(nn.Module):
         return wave
 
 
-def input_mixup(wave: torch.Tensor, targets: torch.Tensor, alpha: float) -> tuple:
+def input_mixup(wave: torch.Tensor, targets: torch.Tensor, alpha: float,
+                frames: torch.Tensor | None = None) -> tuple:
     """Mix each waveform (B, N) with a permuted one of the batch, lam ~ Beta(alpha, alpha) per
     batch; the mix carries both clips' labels (their union: a call stays audible at any lam,
-    and the union suits LSEP's hard ranking as well as BCE)."""
+    and the union suits LSEP's hard ranking as well as BCE). Frame targets (B, T, K) in
+    {-1, 0, 1}, when given, are united too: +1 where either is +1, -1 only where both are -1
+    (a frame absent in one clip and unknown in the other is unknown in the mix)."""
     lam = torch.distributions.Beta(alpha, alpha).sample().to(wave.device)
     perm = torch.randperm(len(wave), device=wave.device)
-    return lam * wave + (1 - lam) * wave[perm], torch.maximum(targets, targets[perm])
+    mixed = (lam * wave + (1 - lam) * wave[perm], torch.maximum(targets, targets[perm]))
+    if frames is None:
+        return mixed
+    a, b = frames, frames[perm]
+    united = torch.where((a > 0) | (b > 0), 1, torch.where((a < 0) & (b < 0), -1, 0))
+    return (*mixed, united.to(frames.dtype))

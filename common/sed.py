@@ -73,6 +73,13 @@ class SEDModel(nn.Module):
             return self.backbone.forward_features(wave)
         return self.backbone.forward_features(self.front(wave))
 
+    def frames(self, n_samples: int) -> int:
+        """Length of the frame outputs for a wave of n_samples: the mel frames (or the
+        resized image's width)."""
+        if self.front.image_size and not getattr(self.backbone, "takes_wave", False):
+            return self.front.image_size[1]
+        return n_samples // self.model_cfg["hop_length"] + 1
+
     def forward(self, wave: torch.Tensor, mix: tuple | None = None) -> dict:
         """`mix=(perm, lam)` mixes the encoder feature map with its permutation (last-layer
         mixup): feats = lam * feats + (1 - lam) * feats[perm]; lam is a scalar or (B,)."""
@@ -82,10 +89,8 @@ class SEDModel(nn.Module):
             lam = torch.as_tensor(lam, dtype=feats.dtype, device=feats.device).reshape(-1, 1, 1, 1)
             feats = lam * feats + (1 - lam) * feats[perm]
         out = self.head(feats.mean(dim=2))
-        frames = self.front.image_size[1] if self.front.image_size and not \
-            getattr(self.backbone, "takes_wave", False) else \
-            wave.shape[-1] // self.model_cfg["hop_length"] + 1
-        frame_logit = F.interpolate(out["frame_logit"].transpose(1, 2), size=frames,
+        frame_logit = F.interpolate(out["frame_logit"].transpose(1, 2),
+                                    size=self.frames(wave.shape[-1]),
                                     mode="linear", align_corners=False).transpose(1, 2)
         out["frame_logit"] = frame_logit
         out["frame_prob"] = torch.sigmoid(frame_logit)

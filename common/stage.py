@@ -26,6 +26,17 @@ MODEL_FIELDS = ("backbone", "in_chans", "n_fft", "hop_length", "n_mels", "fmin",
                 "noise_brown", "noise_snr_min", "noise_snr_max")
 
 
+def frame_targets(w_frame: float, crop_seconds: float, prep, model) -> int:
+    """Frames of the frame loss's targets (the model's frame grid for one training crop),
+    0 when the loss is off. Clip labels (BirdCLEF) carry no call times: never for them."""
+    if w_frame <= 0:
+        return 0
+    if prep.clips:
+        print("w_frame: clip labels carry no call times; the frame loss is off", flush=True)
+        return 0
+    return model.frames(int(round(crop_seconds * prep.sample_rate)))
+
+
 def parse_size(text: str) -> tuple[int, int] | None:
     """'224x400' -> (224, 400) (mels x frames); '' -> None (no resize)."""
     if not text:

@@ -120,3 +120,10 @@ def test_input_mixup_mixes_waves_and_unites_labels():
     assert torch.allclose(mixed, lam * wave + (1 - lam) * wave[perm])
     assert torch.equal(united, torch.maximum(targets, targets[perm]))
     assert (united >= targets).all()
+    frames = torch.tensor([[[1, -1]], [[-1, -1]], [[0, -1]]], dtype=torch.int8)  # (B, T=1, K=2)
+    torch.manual_seed(0)
+    _, _, framed = input_mixup(wave, targets, 0.4, frames)
+    for i, j in enumerate(perm.tolist()):  # +1 where either is +1; -1 only where both are -1
+        a, b = frames[i, 0].tolist(), frames[j, 0].tolist()
+        want = [1 if 1 in (x, y) else -1 if x == y == -1 else 0 for x, y in zip(a, b)]
+        assert framed[i, 0].tolist() == want

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from common.cli import ConfigError
-from common.data import (ANNOTATION_COLUMNS, CropDataset, combine_pseudo, crop_start, make_folds,
-                         split_fold, window_labels)
+from common.data import (ANNOTATION_COLUMNS, CropDataset, combine_pseudo, crop_start,
+                         event_arrays, frame_labels, make_folds, split_fold, window_labels)
 from common.layouts.base import read_table
 from common.layouts.rfcx import RFCX_COLUMNS, rfcx_annotations, rfcx_classes
 from tests.conftest import ArrayCache
@@ -355,3 +355,33 @@ def test_combine_pseudo_table():
     base = np.array([1, 1, 1, -1, -1, -1, 0, 0, 0], dtype=np.float32)
     pseudo = np.array([1, -1, 0, 1, -1, 0, 1, -1, 0], dtype=np.float32)
     assert combine_pseudo(base, pseudo).tolist() == [1, 1, 1, 0, -1, -1, 1, -1, 0]
+
+
+# ----------------------------------------------------------------------------- frame targets
+def test_frame_labels_tp_fp_unknown_by_frame_centre():
+    """A 4 s crop from 6 s on, 8 frames of 0.5 s (centres 6.25, 6.75, ..., 9.75): a TP box of
+    s0 over 7.0-8.0 marks the frames centred at 7.25 and 7.75; an FP box of s1 over 6.0-7.0
+    marks 6.25 and 6.75 with -1; an FP of s0 over 7.5-9.0 loses to the TP where they meet;
+    every other entry is 0 (no frame-level gradient)."""
+    ann = events([("a", "s0", 7.0, 8.0, 1), ("a", "s1", 6.0, 7.0, -1), ("a", "s0", 7.5, 9.0, -1),
+                  ("a", "s3", 20.0, 21.0, 1)])
+    out = frame_labels(event_arrays(ann, INDEX), 6.0, 4.0, 8, 4)
+    assert out.shape == (8, 4) and out.dtype == np.int8
+    assert out[:, 0].tolist() == [0, 0, 1, 1, -1, -1, 0, 0]
+    assert out[:, 1].tolist() == [-1, -1, 0, 0, 0, 0, 0, 0]
+    assert not out[:, 2:].any()
+    assert not frame_labels(None, 0.0, 4.0, 8, 4).any()
+
+
+def test_crop_dataset_frame_targets_follow_the_crop():
+    sr = 1000
+    cache = ArrayCache({"a": np.zeros(20 * sr, np.float32)})
+    ann = events([("a", "s0", 8.0, 9.0, 1), ("a", "s1", 8.0, 12.0, -1)])
+    ds = CropDataset(ann[ann["label"] > 0], ann[ann["label"] > 0], cache, CLASSES, sr, 4.0,
+                     {"a": 20.0}, seed=1, n_frames=16, frame_events=ann)
+    wave, labels, frames = ds[0]
+    assert frames.shape == (16, 4) and labels.tolist() == [1.0, 0.0, 0.0, 0.0]
+    # the TP's 1 s is 4 frames of 0.25 s wherever the crop starts, all inside the crop
+    assert int((frames[:, 0] == 1).sum()) == 4 and not (frames[:, 0] == -1).any()
+    assert (frames[:, 1] == -1).sum() >= 4 and not (frames[:, 1] == 1).any()
+    assert len(ds[0]) == 3 and len(CropDataset(ann, ann, cache, CLASSES, sr, 4.0, {"a": 20.0})[0]) == 2

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from common.cli import ConfigError, parse_cfg
-from common.losses import (bce_loss, get_loss, lsep_loss, masked_focal_loss,
+from common.losses import (bce_loss, frame_loss, get_loss, lsep_loss, masked_focal_loss,
                            masked_focal_terms)
 
 
@@ -193,3 +193,14 @@ def test_stage_cfg_passes_the_switch_and_stage2_positive_weight(scripts):
     z, y = t([[2.0, -1.0]]), t([[-1, 1]])
     assert masked_focal_loss(z, y, **s3.loss_kw(plain)).item() == pytest.approx(
         2 * -math.log(sig(-1.0)) * (1 - sig(-1.0)) ** 2 + -math.log(1 - sig(2.0)), rel=1e-9)
+
+
+def test_frame_loss_masks_unknown_entries_and_averages_over_labelled_ones():
+    logits = torch.tensor([[[2.0, -1.0], [0.5, 3.0]]])  # (B=1, T=2, K=2)
+    labels = torch.tensor([[[1, 0], [-1, 0]]], dtype=torch.int8)
+    want = (math.log1p(math.exp(-2.0)) + math.log1p(math.exp(0.5))) / 2
+    assert frame_loss(logits, labels).item() == pytest.approx(want)
+    logits.requires_grad_(True)
+    frame_loss(logits, labels).backward()
+    assert logits.grad[0, :, 1].abs().sum() == 0  # the unknown class gets no gradient
+    assert frame_loss(logits, torch.zeros_like(labels)).item() == 0.0  # nothing labelled
