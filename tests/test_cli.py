@@ -10,6 +10,7 @@ from typing import Any, Optional
 import pytest
 
 from common.cli import ConfigError, parse_cfg
+from tests.conftest import ROOT
 
 
 @dataclass
@@ -214,3 +215,18 @@ def test_notebook_ignores_argv(monkeypatch):
                                       "/tmp/kernel.json", "--epochs=3"])
     cfg = parse_cfg(CFG, "s")
     assert cfg == CFG()
+
+
+STAGE_SCRIPTS = {"preprocess": "01_preprocess", "stage1": "02_train_stage1",
+                 "stage2": "04_train_stage3", "pseudo": "03_pseudo_label",
+                 "stage3": "04_train_stage3", "ensemble": "05_ensemble"}
+
+
+@pytest.mark.parametrize("profile", sorted(p.name for p in (ROOT / "profiles").glob("*.json")
+                                           if "sweep" not in p.name))
+def test_every_profile_parses_for_every_stage(profile, scripts):
+    """A profile names only settings the stages know: a renamed setting left in a profile
+    stops `make demo ... PROFILE=` at that stage, after the stages before it ran."""
+    for stage_name, script in STAGE_SCRIPTS.items():
+        module = scripts(script)
+        parse_cfg(module.CFG, stage_name, argv=[f"--cfg_file={ROOT / 'profiles' / profile}"])
