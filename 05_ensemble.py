@@ -399,8 +399,9 @@ def write_outputs(cfg: CFG, run_dir: Path, prep, infos: list, fitted: dict, trac
     if cfg.detect:
         facts["events"] = len(write_detections(cfg, run_dir, tracks, prep, grid))
         files += ["detections.csv", "raven/"]
-    per_class, more = class_figures.write(run_dir, prep, found, ids, out["probs"], tracks,
-                                          grid["hop_s"], infos[0]["mcfg"]["crop_seconds"])
+    per_class, more, facts["event_f1"] = class_figures.write(
+        run_dir, prep, found, ids, out["probs"], tracks, grid["hop_s"],
+        infos[0]["mcfg"]["crop_seconds"])
     files += more
     files += write_pictures(cfg, run_dir, prep, infos, tracks, ids[:max(cfg.n_pictures, 0)],
                             found, final, ids, fitted["weights"])
@@ -502,6 +503,8 @@ def main(cfg: CFG) -> dict:
                "calibrated": fitted["calibrated"], "prior": facts["prior_note"],
                "weights": {i["name"]: float(w) for i, w in zip(infos, fitted["weights"])},
                "weaker_runs": facts["weaker"]}
+    if facts.get("event_f1"):
+        summary["event_f1"] = facts["event_f1"]
     if "test_lwlrap" in rows[-1]:  # the submission's score (with prior scaling when on)
         summary["test_lwlrap"] = rows[-1].get("test_lwlrap_prior", rows[-1]["test_lwlrap"])
         summary["test_lwlrap_no_prior"] = rows[-1]["test_lwlrap"]

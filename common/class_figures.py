@@ -24,7 +24,9 @@ from common import runs
 from common.data import overlap_hit
 
 THRESHOLDS = np.round(np.arange(0.05, 0.96, 0.05), 2)
-IOU = 0.5
+IOU = 0.5          # per-class tables (one-to-one at IoU >= 0.5)
+EVENT_IOU = 0.3    # event F1 (DCASE task 5 rule)
+COLLAR_S, COLLAR_SHARE = 0.2, 0.2  # event F1, onset rule (sed_eval)
 
 
 def sweep(truth: np.ndarray, probs: np.ndarray, thresholds=THRESHOLDS) -> pd.DataFrame:
@@ -93,10 +95,31 @@ def iou_1d(a0, a1, b0, b1) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
-def event_matches(events: pd.DataFrame, detections: pd.DataFrame, iou: float = IOU) -> pd.DataFrame:
-    """Per class: annotated events, detections, matched pairs (one to one, best IoU first
-    among pairs >= iou), precision, recall, F1. `detections`: recording_id, species, t_start,
-    t_end (05's detections.csv)."""
+def onset_close(a0, a1, b0, collar: float = COLLAR_S, share: float = COLLAR_SHARE) -> np.ndarray:
+    """Onset matching of reference events a (n,) against detections b (m,) -> (n, m) scores:
+    |onset difference| <= max(collar s, share x the reference's length) (DCASE's sed_eval
+    onset rule: 0.2 s or 20 % of the event) gives 1 - difference / limit (> 0; closer is
+    higher), else 0."""
+    limit = np.maximum(collar, share * (a1 - a0))[:, None]
+    diff = np.abs(a0[:, None] - b0[None, :])
+    return np.where(diff <= limit, 1.0 - diff / (limit + 1e-9) + 1e-9, 0.0)
+
+
+RULES = {"onset": lambda a0, a1, b0, b1: onset_close(a0, a1, b0),
+         "iou": lambda a0, a1, b0, b1: iou_1d(a0, a1, b0, b1)}
+
+
+def rule_name(rule: str, iou: float) -> str:
+    return (f"event (onset within max({COLLAR_S:g} s, {COLLAR_SHARE:.0%} of the event))"
+            if rule == "onset" else f"event (IoU >= {iou:g})")
+
+
+def event_matches(events: pd.DataFrame, detections: pd.DataFrame, iou: float = IOU,
+                  rule: str = "iou") -> pd.DataFrame:
+    """Per class: annotated events, detections, matched pairs (one to one, best match first:
+    by time IoU >= `iou` for rule `iou` (DCASE task 5), by onset distance within the collar
+    for rule `onset` (sed_eval)), precision, recall, F1. `detections`: recording_id,
+    species, t_start, t_end (05's detections.csv)."""
     counts = {}
     det = detections.rename(columns={"species": "class", "t_start": "t_min", "t_end": "t_max"})
     keys = set(map(tuple, events[["recording_id", "class"]].drop_duplicates().to_numpy())) | \
@@ -108,9 +131,10 @@ def event_matches(events: pd.DataFrame, detections: pd.DataFrame, iou: float = I
         d = det.iloc[det_groups.get(key, [])]
         matched = 0
         if len(e) and len(d):
-            m = iou_1d(e["t_min"].to_numpy(float), e["t_max"].to_numpy(float),
-                       d["t_min"].to_numpy(float), d["t_max"].to_numpy(float))
-            pairs = sorted(zip(*np.nonzero(m >= iou)), key=lambda ij: -m[ij])
+            m = RULES[rule](e["t_min"].to_numpy(float), e["t_max"].to_numpy(float),
+                            d["t_min"].to_numpy(float), d["t_max"].to_numpy(float))
+            ok = m >= iou if rule == "iou" else m > 0
+            pairs = sorted(zip(*np.nonzero(ok)), key=lambda ij: -m[ij])
             used_e, used_d = set(), set()
             for i, j in pairs:
                 if i not in used_e and j not in used_d:
@@ -125,10 +149,25 @@ def event_matches(events: pd.DataFrame, detections: pd.DataFrame, iou: float = I
     for cls, (n_e, n_d, tp) in sorted(counts.items()):
         precision = tp / n_d if n_d else float("nan")
         recall = tp / n_e if n_e else float("nan")
-        rows.append({"level": f"event (IoU >= {iou})", "class": cls, "positives": n_e,
+        rows.append({"level": rule_name(rule, iou), "class": cls, "positives": n_e,
                      "detections": n_d, "matched": tp, "precision": precision, "recall": recall,
                      "f1": 2 * tp / (n_e + n_d) if n_e + n_d else float("nan")})
     return pd.DataFrame(rows)
+
+
+def event_f1(events: pd.DataFrame, detections: pd.DataFrame) -> dict:
+    """Overall (micro: pooled over classes) event precision, recall and F1 under both
+    matching rules: {"onset": {...}, "iou_0.3": {...}}, each with the counts."""
+    out = {}
+    for rule, iou in (("onset", 0.0), ("iou", EVENT_IOU)):
+        rows = event_matches(events, detections, iou=iou, rule=rule)
+        n_e, n_d, tp = (int(rows[c].sum()) if len(rows) else 0
+                        for c in ("positives", "detections", "matched"))
+        out[rule if rule == "onset" else f"iou_{iou:g}"] = {
+            "precision": tp / n_d if n_d else 0.0, "recall": tp / n_e if n_e else 0.0,
+            "f1": 2 * tp / (n_e + n_d) if n_e + n_d else 0.0,
+            "events": n_e, "detections": n_d, "matched": tp}
+    return out
 
 
 def markdown(summary: pd.DataFrame, events: pd.DataFrame | None) -> str:
@@ -164,15 +203,16 @@ def with_sources(run_dir: Path, prep) -> pd.DataFrame | None:
 
 
 def write(run_dir, prep, found, ids: list, probs: np.ndarray, tracks: dict | None = None,
-          hop_s: float = 0.0, seg_s: float = 0.0) -> tuple[str, list]:
+          hop_s: float = 0.0, seg_s: float = 0.0) -> tuple[str, list, dict]:
     """Write detections_all.csv and, where the test recordings have truth (`found` =
     prep.test_truth(...): ids, (N, K)), the per-class figures into `run_dir`; returns (the
-    markdown section, also printed, or "", the files written)."""
+    markdown section, also printed, or "", the files written, the overall event F1 by both
+    matching rules ({} without reference events or detections))."""
     run_dir = Path(run_dir)
     det = with_sources(run_dir, prep)
     files = [] if det is None else ["detections_all.csv"]
     if found is None:
-        return "", files
+        return "", files, {}
     order = {rid: i for i, rid in enumerate(ids)}
     truth_ids, truth = found
     scores = probs[[order[r] for r in truth_ids]]
@@ -183,14 +223,28 @@ def write(run_dir, prep, found, ids: list, probs: np.ndarray, tracks: dict | Non
                                               prep.durations, seg_s, prep.classes)
         more, grid = class_rows(f"segment ({seg_s:g} s)", seg_truth, seg_scores, prep.classes)
         summary, table = summary + more, table + grid
+    overall = {}
     if det is not None and events is not None:
         keep = set(truth_ids)
-        event_rows = event_matches(events[events["recording_id"].isin(keep)],
-                                   det[det["recording_id"].isin(keep)])
+        events, det = events[events["recording_id"].isin(keep)], det[det["recording_id"].isin(keep)]
+        event_rows = event_matches(events, det)
+        overall = event_f1(events, det)
     summary = pd.DataFrame(summary)
     runs.save_csv(run_dir / "per_class.csv", pd.concat([summary, event_rows], ignore_index=True))
     runs.save_csv(run_dir / "per_class_thresholds.csv", pd.concat(table, ignore_index=True)[
         ["level", "class", "threshold", "precision", "recall", "f1", "tp", "fp", "fn"]])
-    text = markdown(summary, event_rows)
+    text = markdown(summary, event_rows) + event_f1_lines(overall)
     print(text, flush=True)
-    return text, files + ["per_class.csv", "per_class_thresholds.csv"]
+    return text, files + ["per_class.csv", "per_class_thresholds.csv"], overall
+
+
+def event_f1_lines(overall: dict) -> str:
+    """The overall event F1 of both matching rules as markdown lines ("" without)."""
+    if not overall:
+        return ""
+    lines = ["", "Event F1 over all classes (detections.csv against the reference events):", ""]
+    for name, v in overall.items():
+        lines.append(f"- {name}: F1 {v['f1']:.3f}, precision {v['precision']:.3f}, recall "
+                     f"{v['recall']:.3f} ({v['matched']} matched of {v['events']} events and "
+                     f"{v['detections']} detections)")
+    return "\n".join(lines) + "\n"

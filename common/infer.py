@@ -136,8 +136,11 @@ def predict_frames(model, cache, recording_ids, window: int, stride: int, batch_
 
     Returns (scores (N, K): the max over windows of the clip logit, as `predict_recordings`;
     tracks: per recording a float32 (frame_count(n_samples, hop), K) array of frame_prob
-    stitched over the whole recording, frame j at j * hop samples, the max where windows
-    overlap). `hop` defaults to the model's hop_length (model.model_cfg).
+    stitched over the whole recording, frame j at j * hop samples: the mean of the windows
+    that cover a frame, each weighted by a Hann taper over its frames (overlap-add), so a
+    window's edge frames, where its view is cut, count little and the track has no step
+    where one window ends and the next takes over, as the max over windows had).
+    `hop` defaults to the model's hop_length (model.model_cfg).
     """
     hop = hop or model.model_cfg["hop_length"]
     model.eval()
@@ -148,7 +151,10 @@ def predict_frames(model, cache, recording_ids, window: int, stride: int, batch_
             for s in window_starts(lengths[i], window, stride)]
     scores = [None] * len(recording_ids)
     tracks = [None] * len(recording_ids)
+    counts = [None] * len(recording_ids)
     per_window = frame_count(window, hop)
+    taper = (np.sin(np.pi * (np.arange(per_window) + 0.5) / per_window) ** 2)[:, None]
+    taper = taper.astype(np.float32)
     for chunk, waves in window_batches(cache, jobs, window, batch_size, device, progress):
         out = model(waves)
         logits = out["clip_logit"].float().cpu().numpy()
@@ -157,8 +163,11 @@ def predict_frames(model, cache, recording_ids, window: int, stride: int, batch_
             scores[i] = logit if scores[i] is None else np.maximum(scores[i], logit)
             if tracks[i] is None:
                 tracks[i] = np.zeros((frame_count(lengths[i], hop), frame.shape[1]), np.float32)
+                counts[i] = np.zeros((tracks[i].shape[0], 1), np.float32)
             offset = int(round(start / hop))
             piece = _on_hop_grid(frame, per_window)[:max(tracks[i].shape[0] - offset, 0)]
-            dest = tracks[i][offset:offset + len(piece)]
-            np.maximum(dest, piece, out=dest)
+            tracks[i][offset:offset + len(piece)] += piece * taper[:len(piece)]
+            counts[i][offset:offset + len(piece)] += taper[:len(piece)]
+    for track, count in zip(tracks, counts):
+        track /= np.maximum(count, 1e-12)
     return np.stack(scores), tracks

@@ -31,13 +31,19 @@ def all_bytes(out):
 def test_layout_and_columns(tiny):
     out, summary = tiny
     assert sorted(p.name for p in out.iterdir()) == [
-        "demo_events.csv", "demo_meta.json", "sample_submission.csv", "test", "test_truth.csv",
-        "train", "train_fp.csv", "train_tp.csv"]
+        "demo_events.csv", "demo_meta.json", "sample_submission.csv", "test", "test_events.csv",
+        "test_truth.csv", "train", "train_fp.csv", "train_tp.csv"]
     assert list(read(out, "train_tp.csv").columns) == RFCX_COLUMNS
     assert list(read(out, "train_fp.csv").columns) == RFCX_COLUMNS
     assert list(read(out, "sample_submission.csv").columns) == ["recording_id"] + CLASSES
     assert list(read(out, "test_truth.csv").columns) == ["recording_id"] + CLASSES
     assert list(read(out, "demo_events.csv").columns) == EVENT_COLUMNS
+    # the reference events of 05's event F1: every call in a test recording, of a listed species
+    ref, truth = read(out, "test_events.csv"), read(out, "test_truth.csv").set_index("recording_id")
+    every = read(out, "demo_events.csv")
+    calls = every[(every["split"] == "test") & (every["kind"] == "call")]
+    assert list(ref.columns) == ["recording_id", "class", "t_min", "t_max"] and len(ref) == len(calls)
+    assert all(truth.loc[r, c] == 1 for r, c in zip(ref["recording_id"], ref["class"]))
     train = sorted(p.stem for p in (out / "train").glob("*.flac"))
     test = sorted(p.stem for p in (out / "test").glob("*.flac"))
     assert len(train) == 12 and len(test) == 6 and not set(train) & set(test)

@@ -174,7 +174,7 @@ class FrameModel(nn.Module):
         return {"clip_logit": frames.amax(dim=1), "frame_prob": frames}
 
 
-def test_predict_frames_stitches_windows_with_max():
+def test_predict_frames_stitches_windows_where_they_agree():
     ramp = np.arange(200, dtype=np.float32) / 200
     bump = np.zeros(55, dtype=np.float32)
     bump[30] = 0.9                                                 # a recording shorter than a window
@@ -182,12 +182,60 @@ def test_predict_frames_stitches_windows_with_max():
     scores, tracks = predict_frames(FrameModel(), cache, ["ramp", "bump"], window=60, stride=40,
                                     batch_size=3)
     assert tracks[0].shape == (frame_count(200, 10), 1) and tracks[1].shape == (6, 1)
-    # every frame j of the ramp sees sample j * 10 (windows start on multiples of the hop)
-    np.testing.assert_allclose(tracks[0][:20, 0], ramp[::10], rtol=1e-6)
+    # every frame j of the ramp sees sample j * 10 (windows start on multiples of the hop;
+    # a window's last frame sees one sample earlier, a tapered weight of 4e-3 of the mean)
+    np.testing.assert_allclose(tracks[0][:20, 0], ramp[::10], atol=1e-3)
     assert tracks[0][20, 0] == ramp[199]                           # the last window's last frame
     np.testing.assert_allclose(tracks[1][:, 0], [0, 0, 0, 0.9, 0, 0], rtol=1e-6)
     np.testing.assert_allclose(scores, predict_recordings(FrameModel(), cache, ["ramp", "bump"],
                                                           60, 40), rtol=1e-6)
+
+
+class EdgeModel(nn.Module):
+    """Scores a window's frames 0.6 inside and 0.2 on its first and last 10 % of frames (the
+    edge effect of a padded convolution), whatever the wave: a constant input."""
+
+    model_cfg = {"hop_length": 10}
+
+    def forward(self, wave):
+        n = wave.shape[1] // 10 + 1
+        frames = torch.full((len(wave), n, 1), 0.6)
+        edge = max(1, n // 10)
+        frames[:, :edge] = frames[:, -edge:] = 0.2
+        return {"clip_logit": frames.amax(dim=1), "frame_prob": frames}
+
+
+def test_stitched_track_has_no_step_at_window_edges_on_a_constant_input():
+    """Windows of 81 frames every 20 frames: each window's edge frames lie inside three other
+    windows. The tapered mean keeps the track within 0.02 of the interior score between the
+    first and the last window's edges, with no jump over 0.02 (a plain mean would dip to
+    0.5 at every window edge: steps of 0.1)."""
+    cache = ArrayCache({"flat": np.ones(4000, np.float32)})
+    _, tracks = predict_frames(EdgeModel(), cache, ["flat"], window=800, stride=200)
+    inner = tracks[0][80:-80, 0]
+    assert np.abs(np.diff(inner)).max() < 0.02 and np.abs(inner - 0.6).max() < 0.02
+
+
+def test_event_matching_by_onset_collar_and_by_iou():
+    """Reference events of class a: [1, 2), [5, 9), [20, 20.5); detections: [1.15, 3)
+    (onset 0.15 s off: within 0.2 s; IoU 0.85 / 2 = 0.43), [5.7, 8) (0.7 s off: within
+    20 % of 4 s = 0.8 s; IoU 2.3 / 4 = 0.575), [20.3, 25) (0.3 s off > 0.2 s; IoU 0.2 / 5 =
+    0.04) and [30, 31) (nothing). Onset: 2 matched, IoU >= 0.3: 2 matched; a second
+    detection on one event never matches twice."""
+    from common.class_figures import event_f1, event_matches
+    ev = pd.DataFrame({"recording_id": "r", "class": "a", "t_min": [1.0, 5.0, 20.0],
+                       "t_max": [2.0, 9.0, 20.5]})
+    det = pd.DataFrame({"recording_id": "r", "species": "a", "t_start": [1.15, 5.7, 20.3, 30.0, 1.1],
+                        "t_end": [3.0, 8.0, 25.0, 31.0, 1.9]})
+    onset = event_matches(ev, det.iloc[:4], rule="onset").iloc[0]
+    iou = event_matches(ev, det.iloc[:4], iou=0.3, rule="iou").iloc[0]
+    assert (onset["matched"], iou["matched"]) == (2, 2)
+    assert onset["precision"] == pytest.approx(2 / 4) and onset["recall"] == pytest.approx(2 / 3)
+    assert event_matches(ev, det.iloc[[2]], iou=0.3, rule="iou").iloc[0]["matched"] == 0
+    assert event_matches(ev, det.iloc[[2]], rule="onset").iloc[0]["matched"] == 0
+    both = event_f1(ev, det)  # [1.1, 1.9) is closer to [1, 2) than [1.15, 3): one of them counts
+    assert both["onset"]["matched"] == 2 and both["onset"]["f1"] == pytest.approx(2 * 2 / (3 + 5))
+    assert both["iou_0.3"]["matched"] == 2 and both["iou_0.3"]["detections"] == 5
 
 
 # ----------------------------------------------------------------------------- end to end

@@ -4,7 +4,8 @@
     python -m common.demos.rfcx --out /tmp/tiny --n_train 12 --n_test 6 --duration 8
 
 Writes train/*.flac, test/*.flac (mono PCM_16), train_tp.csv, train_fp.csv,
-sample_submission.csv, test_truth.csv (complete 0/1 test labels), demo_events.csv (every
+sample_submission.csv, test_truth.csv (complete 0/1 test labels), test_events.csv (every call
+of a species test_truth lists in a test recording: the reference events), demo_events.csv (every
 sound placed, for checks) and demo_meta.json. It is hard the way RFCx is: 24 species in
 their real bands and durations (docs/recipe.md, "RFCx species table") with distinct
 call shapes and a few look-alike pairs; train labels are sparse (one species, one or two calls annotated per
@@ -188,6 +189,12 @@ def write_rfcx_demo(out_dir, spec: DemoSpec = DemoSpec(), workers: int = 2) -> d
     classes = [f"s{s}" for s in range(N_SPECIES)]
     events = [row for r in results for row in sorted(r["events"], key=lambda e: e[5])]
     _csv(out / "demo_events.csv", EVENT_COLUMNS, events)
+    # the test recordings' reference events (05's event F1): every call of a species the
+    # recording's test_truth lists (rows: split, rid, kind, species, songtype, t_min, .., t_max)
+    heard = {r["rid"]: set(r["heard"]) for r in test}
+    _csv(out / "test_events.csv", ["recording_id", "class", "t_min", "t_max"],
+         [[e[1], f"s{e[3]}", e[5], e[7]] for e in events
+          if e[0] == "test" and e[2] == "call" and e[3] in heard.get(e[1], ())])
     _csv(out / "train_fp.csv", RFCX_COLUMNS, fp)
     header = ["recording_id"] + classes
     _csv(out / "sample_submission.csv", header, [[r["rid"]] + [0] * N_SPECIES for r in test])
