@@ -40,8 +40,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from common import (blend, calibration, class_figures, detect, heldout, metrics, paths, plots,
-                    report, runs, stage)
+from common import (blend, calibration, class_figures, detect, event_rule, heldout, metrics,
+                    paths, plots, report, runs, stage)
 from common.cli import ConfigError, cfg_dict, run
 from common.infer import frame_count, predict_frames, resample_frames, resolve_device
 from common.prepared import load_prepared
@@ -68,8 +68,9 @@ class CFG:
     #   | path of a CSV with columns class,prior
     infer_stride_seconds: float = 0.0  # test window stride, s; 0 = each run's own OOF stride
     detect: bool = True            # framewise tracks of all test recordings -> detections, Raven
-    event_threshold: float = 0.5   # frame probability an event must reach
-    min_event_seconds: float = 0.3  # shorter events are dropped, s
+    event_threshold: float = 0.0   # frame probability an event must reach; 0 = chosen with
+                                   # min_event_seconds on OOF recordings (common/event_rule.py)
+    min_event_seconds: float = 0.3  # shorter events are dropped, s (chosen when the threshold is)
     n_pictures: int = 4            # test recordings drawn (spectrogram + frame scores)
     top_species: int = 3           # species curves under each spectrogram
     infer_batch: int = 64          # windows per forward pass
@@ -215,9 +216,30 @@ def score_test(found, ids: list, scores: np.ndarray, probs: np.ndarray | None = 
     return out
 
 
+def event_rule_of(cfg: CFG, infos: list, prep, preps: dict, weights, hop: int, device) -> dict:
+    """The event threshold and minimum duration: as set, or chosen on OOF recordings."""
+    if cfg.event_threshold > 0 or not cfg.detect:
+        return {"threshold": cfg.event_threshold, "min_seconds": cfg.min_event_seconds,
+                "chosen": "set"}
+    stride = cfg.infer_stride_seconds or infos[0]["oof_stride"] or infos[0]["mcfg"]["crop_seconds"]
+    rule = event_rule.choose(infos, prep, preps, weights, hop, device, stride)
+    if not rule:
+        print("event rule: no OOF recording with a TP box; threshold 0.5, min duration "
+              f"{cfg.min_event_seconds} s", flush=True)
+        return {"threshold": 0.5, "min_seconds": cfg.min_event_seconds, "chosen": "default"}
+    print(f"event rule chosen on {rule['recordings']} OOF recordings (their boxes): threshold "
+          f"{rule['threshold']:.2f}, min duration {rule['min_seconds']:.3f} s, OOF event F1 "
+          f"(IoU >= 0.3, where labels are known) {rule['oof_f1']:.3f}", flush=True)
+    return {**{k: rule[k] for k in ("threshold", "min_seconds", "oof_f1", "recordings")},
+            "chosen": "oof", "grid": rule["grid"]}
+
+
 def write_detections(cfg: CFG, run_dir: Path, tracks: dict, prep, grid: dict) -> pd.DataFrame:
-    table = detect.detection_table(tracks, prep.classes, grid["hop_s"], cfg.event_threshold,
-                                   cfg.min_event_seconds, prep.durations)
+    rule = grid["event_rule"]
+    table = detect.detection_table(tracks, prep.classes, grid["hop_s"], rule["threshold"],
+                                   rule["min_seconds"], prep.durations)
+    if "grid" in rule:
+        runs.save_csv(run_dir / "event_rule_oof.csv", rule["grid"])
     runs.save_csv(run_dir / "detections.csv", table)
     bands = detect.species_bands(prep.annotations, prep.classes, prep.sample_rate)
     detect.write_raven_tables(run_dir / "raven", table, list(tracks), bands)
@@ -226,7 +248,7 @@ def write_detections(cfg: CFG, run_dir: Path, tracks: dict, prep, grid: dict) ->
 
 def write_pictures(cfg: CFG, run_dir: Path, prep, infos: list, tracks: dict, pic_ids: list,
                    found, blend_scores: np.ndarray, ids: list, weights,
-                   truth_what: str = "test truth") -> list:
+                   truth_what: str = "test truth", event_threshold: float = 0.5) -> list:
     out, mcfg = [], {**infos[0]["mcfg"], "sample_rate": prep.sample_rate}
     truth = dict(zip(found[0], found[1])) if found is not None else {}
     for rid in pic_ids:
@@ -235,7 +257,7 @@ def write_pictures(cfg: CFG, run_dir: Path, prep, infos: list, tracks: dict, pic
         out.append(plots.recording_picture(
             run_dir / "pictures" / f"{rid}.png", spec, tracks[rid],
             mcfg["hop_length"] / prep.sample_rate, prep.classes, mcfg["fmin"], mcfg["fmax"],
-            cfg.top_species, names, cfg.event_threshold, title=f"{rid} ({cfg.blend} blend)"))
+            cfg.top_species, names, event_threshold, title=f"{rid} ({cfg.blend} blend)"))
     if found is not None:
         order = {rid: i for i, rid in enumerate(ids)}
         ap = metrics.per_class_ap(found[1], blend_scores[[order[r] for r in found[0]]])
@@ -306,6 +328,10 @@ def render_report(cfg: CFG, rows: list, facts: dict) -> str:
         notes.append(f"- no test scores: {facts['no_test']}; the pictures show held-out (OOF) "
                      "recordings, each drawn by the fold model that validated it")
     notes += [f"- weaker than the best run on CV: {line}" for line in facts.get("weaker", [])]
+    rule = facts.get("event_rule")
+    if rule:
+        notes.append(f"- events: frame threshold {rule['threshold']:.2f}, min duration "
+                     f"{rule['min_seconds']:.3f} s ({'chosen on ' + str(rule['recordings']) + ' OOF recordings, event F1 %.3f' % rule['oof_f1'] if rule['chosen'] == 'oof' else rule['chosen']})")
     if "test_prevalence_baseline" in facts:
         notes.append(f"- test prevalence baseline LWLRAP: {facts['test_prevalence_baseline']:.4f}")
     if facts.get("filled"):
@@ -326,8 +352,9 @@ def check_cfg(cfg: CFG) -> None:
     if cfg.prior_scaling != "none" and (cfg.calibrate == "false" or cfg.blend == "rank"):
         raise ConfigError(f"prior_scaling={cfg.prior_scaling!r} needs calibrated probabilities: "
                           "use --calibrate=auto|true and blend align or oof, or --prior_scaling=none")
-    if not 0 < cfg.event_threshold < 1 or cfg.oof_steps < 1:
-        raise ConfigError("event_threshold must lie in (0, 1) and oof_steps be >= 1")
+    if not 0 <= cfg.event_threshold < 1 or cfg.oof_steps < 1:
+        raise ConfigError("event_threshold must lie in [0, 1) (0: chosen on OOF recordings) "
+                          "and oof_steps be >= 1")
 
 
 def blend_test(cfg: CFG, infos: list, fitted: dict, classes: list) -> dict:
@@ -398,13 +425,16 @@ def write_outputs(cfg: CFG, run_dir: Path, prep, infos: list, fitted: dict, trac
         [f"test_{i['name'].replace('/', '_')}.csv" for i in infos]
     if cfg.detect:
         facts["events"] = len(write_detections(cfg, run_dir, tracks, prep, grid))
-        files += ["detections.csv", "raven/"]
+        facts["event_rule"] = {k: v for k, v in grid["event_rule"].items() if k != "grid"}
+        files += ["detections.csv", "raven/"] + \
+            (["event_rule_oof.csv"] if "grid" in grid["event_rule"] else [])
     per_class, more, facts["event_f1"] = class_figures.write(
         run_dir, prep, found, ids, out["probs"], tracks, grid["hop_s"],
-        infos[0]["mcfg"]["crop_seconds"])
+        infos[0]["mcfg"]["crop_seconds"], cfg.input_dir)
     files += more
     files += write_pictures(cfg, run_dir, prep, infos, tracks, ids[:max(cfg.n_pictures, 0)],
-                            found, final, ids, fitted["weights"])
+                            found, final, ids, fitted["weights"],
+                            event_threshold=grid["event_rule"]["threshold"])
     save_report(cfg, run_dir, infos, fitted, rows, facts, per_class)
     return rows, facts, files
 
@@ -489,6 +519,7 @@ def main(cfg: CFG) -> dict:
             "n": {r: frame_count(prep.cache.length(r), hop) for r in keep}}
     tracks = {r: np.zeros((grid["n"][r], len(prep.classes)), np.float32) for r in keep}
     run_weights = np.asarray(fitted["weights"]) / np.sum(fitted["weights"])
+    grid["event_rule"] = event_rule_of(cfg, infos, prep, preps, run_weights, hop, device)
     for info, w in zip(infos, run_weights):
         info["test"] = infer_run(cfg, info, get_prep(cfg, preps, info["preprocess"]), ids,
                                  tracks, grid, w, device)
@@ -505,6 +536,8 @@ def main(cfg: CFG) -> dict:
                "weaker_runs": facts["weaker"]}
     if facts.get("event_f1"):
         summary["event_f1"] = facts["event_f1"]
+    if facts.get("event_rule"):
+        summary["event_rule"] = facts["event_rule"]
     if "test_lwlrap" in rows[-1]:  # the submission's score (with prior scaling when on)
         summary["test_lwlrap"] = rows[-1].get("test_lwlrap_prior", rows[-1]["test_lwlrap"])
         summary["test_lwlrap_no_prior"] = rows[-1]["test_lwlrap"]

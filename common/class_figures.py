@@ -203,7 +203,7 @@ def with_sources(run_dir: Path, prep) -> pd.DataFrame | None:
 
 
 def write(run_dir, prep, found, ids: list, probs: np.ndarray, tracks: dict | None = None,
-          hop_s: float = 0.0, seg_s: float = 0.0) -> tuple[str, list, dict]:
+          hop_s: float = 0.0, seg_s: float = 0.0, input_dir=None) -> tuple[str, list, dict]:
     """Write detections_all.csv and, where the test recordings have truth (`found` =
     prep.test_truth(...): ids, (N, K)), the per-class figures into `run_dir`; returns (the
     markdown section, also printed, or "", the files written, the overall event F1 by both
@@ -217,7 +217,7 @@ def write(run_dir, prep, found, ids: list, probs: np.ndarray, tracks: dict | Non
     truth_ids, truth = found
     scores = probs[[order[r] for r in truth_ids]]
     summary, table = class_rows("recording", truth, scores, prep.classes)
-    events, event_rows = prep.test_events(), None
+    events, event_rows = prep.test_events(input_dir), None
     if events is not None and tracks and seg_s > 0 and set(truth_ids) <= set(tracks):
         seg_truth, seg_scores = segment_level({r: tracks[r] for r in truth_ids}, hop_s, events,
                                               prep.durations, seg_s, prep.classes)

@@ -41,10 +41,10 @@ def pick_recordings(infos: list, n: int) -> list:
 
 
 def heldout_tracks(infos: list, prep, preps: dict, ids: list, run_weights, grid_hop: int,
-                   device) -> dict:
+                   device, stride_s: float = 0.0) -> dict:
     """{recording_id: (frames, K) float32}: per run, the frame track of the fold model that
     validated the recording, on the first run's frame grid (hop `grid_hop` samples), summed
-    with the run weights (which sum to 1)."""
+    with the run weights (which sum to 1); windows every `stride_s` (0: one window long)."""
     fold_of = dict(zip(prep.folds["recording_id"], prep.folds["fold"]))
     hop_s = grid_hop / prep.sample_rate
     n = {rid: frame_count(prep.cache.length(rid), grid_hop) for rid in ids}
@@ -52,10 +52,11 @@ def heldout_tracks(infos: list, prep, preps: dict, ids: list, run_weights, grid_
     for info, w in zip(infos, run_weights):
         run_prep, mcfg = preps[info["preprocess"]], info["mcfg"]
         window = int(round(mcfg["crop_seconds"] * run_prep.sample_rate))
+        stride = int(round(stride_s * run_prep.sample_rate)) or window
         for fold in sorted({int(fold_of[rid]) for rid in ids}):
             mine = [rid for rid in ids if int(fold_of[rid]) == fold]
             model, _ = load_checkpoint(info["dir"] / f"fold{fold}.pth", device)
-            _, frames = predict_frames(model, run_prep.cache, mine, window, window, device=device)
+            _, frames = predict_frames(model, run_prep.cache, mine, window, stride, device=device)
             for rid, track in zip(mine, frames):
                 own_hop_s = mcfg["hop_length"] / run_prep.sample_rate
                 tracks[rid] += float(w) * resample_frames(track, own_hop_s, n[rid], hop_s)

@@ -61,11 +61,17 @@ class Prepared:
         truth = truth[truth["recording_id"].isin(set(self.ids("test")))]
         return truth["recording_id"].tolist(), truth[self.classes].to_numpy(np.float32)
 
-    def test_events(self) -> pd.DataFrame | None:
+    def test_events(self, input_dir=None) -> pd.DataFrame | None:
         """Every annotated event of the test recordings (recording_id, class, t_min, t_max,
-        ...) from the run's test_events.csv, else None."""
+        ...) from the run's test_events.csv, else INPUT_DIR/test_events.csv (runs made before
+        01 copied it), else None."""
         path = self.run_dir / "test_events.csv"
-        return pd.read_csv(path, dtype={"recording_id": str}) if path.is_file() else None
+        if not path.is_file() and input_dir is not None:
+            path = Path(input_dir) / "test_events.csv"
+        if not path.is_file() or not self.ids("test"):
+            return None
+        events = pd.read_csv(path, dtype={"recording_id": str})
+        return events[events["recording_id"].isin(set(self.ids("test")))]
 
 
 def load_prepared(work_dir, tag: str = "latest") -> Prepared:

@@ -310,3 +310,25 @@ def test_ensemble_end_to_end(tmp_path, scripts):
     assert (run_dir / "test_stage1_r0.csv").is_file()
     assert "| blend (align)" in (run_dir / "report.md").read_text()
     assert out["rows"][-1]["test_lwlrap"] == pytest.approx(summary["test_lwlrap_no_prior"])
+
+
+def test_event_rule_is_chosen_on_oof_recordings(tmp_path, scripts):
+    """event_threshold 0: 05 scores its threshold x min-duration grid on the OOF recordings'
+    boxes (each recording drawn by the fold model that validated it), applies the best and
+    says so in the summary; the test recordings play no part in the choice."""
+    work, data = fake_work_dir(tmp_path)
+    ens = scripts("05_ensemble")
+    cfg = ens.CFG(input_dir=str(data), work_dir=str(work), tag="e1", n_pictures=0,
+                  prior_scaling="none", calibrate="false", event_threshold=0.0, infer_batch=4)
+    ens.main(cfg)
+    run_dir = work / "ensemble" / "e1"
+    grid = pd.read_csv(run_dir / "event_rule_oof.csv")
+    assert len(grid) == 9 * 4 and grid["oof_f1"].between(0, 1).all()
+    rule = json.loads((work / "summary.json").read_text())["ensemble"]["event_rule"]
+    best = grid.sort_values(["oof_f1", "threshold"], ascending=False, kind="stable").iloc[0]
+    assert rule["chosen"] == "oof" and rule["recordings"] == 6
+    assert (rule["threshold"], rule["min_seconds"]) == (best["threshold"], best["min_seconds"])
+    det = pd.read_csv(run_dir / "detections.csv")
+    assert (det["peak_score"] >= rule["threshold"]).all()
+    # the grid's durations follow the data: shares of the median TP box (0.8 s here)
+    assert sorted(grid["min_seconds"].unique()) == pytest.approx([0.0, 0.2, 0.4, 0.8])
