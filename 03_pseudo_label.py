@@ -28,7 +28,8 @@ Reads  the fold checkpoints, oof.csv and trained_on.csv of a stage-1/2/3 run
 Writes WORK_DIR/pseudo/<tag>/: pseudo_labels.csv (recording_id, window, t_start, t_end,
        class, score, votes, n_models, voters, fold, label), thresholds.csv (per species:
        threshold, OOF precision and positives, windows), summary.json, manifest.json;
-       pseudo.* figures in WORK_DIR/summary.json.
+       pseudo.* figures in WORK_DIR/summary.json. The same command run again continues a
+       crashed run, keeping the votes of the fold models it had finished (partial/).
 
 Examples:
     python 03_pseudo_label.py --cfg_file=profiles/demo.json
@@ -59,6 +60,8 @@ class CFG:
     source: str = "stage2"         # stage whose fold models vote: stage1 | stage2 | stage3
     source_tag: str = "latest"
     tag: str = ""
+    resume: str = ""               # tag of a crashed run to continue; "" = the newest one of this config
+    fresh: bool = False            # true: a new run even when a crashed one of this config exists
     infer_stride_seconds: float = 0.0  # window stride, s; 0 = half the window
     target_precision: float = 0.9  # per-species threshold: lowest with this OOF precision;
                                    # 0 = `threshold` for every species
@@ -131,18 +134,26 @@ def _lowest_at_precision(score: np.ndarray, truth: np.ndarray, target: float,
     return float(s[i]), float(precision[i])
 
 
-def predict_all(cfg, src_dir, folds, prep, plan, may, window, device) -> dict:
-    """{fold model j: {recording_id: (W, K) probabilities}} on the recordings j may label
-    (`may[j]`, a set)."""
-    out = {}
+def predict_all(cfg, src_dir, folds, prep, plan, may, window, device, run_dir) -> tuple:
+    """({fold model j: {recording_id: (W, K) probabilities}} on the recordings j may label
+    (`may[j]`, a set), the models whose probabilities a crashed run of this config had
+    stored). Each model's are stored as soon as they are made (runs.save_partial)."""
+    out, kept = {}, []
     for fold in folds:
         ids = [rid for rid in plan if rid in may[fold]]
+        path = runs.partial_path(run_dir, f"votes_fold{fold}.pth")
+        out[fold] = runs.load_partial(path, lambda got: list(got) == ids and all(
+            got[r].shape == (len(plan[r]), len(prep.classes)) for r in ids))
+        if out[fold] is not None:
+            kept.append(fold)
+            continue
         model, _ = load_checkpoint(src_dir / f"fold{fold}.pth", device)
         starts = [[int(round(s * prep.sample_rate)) for s in plan[rid]] for rid in ids]
         logits = predict_windows(model, prep.cache, ids, window, window, cfg.infer_batch,
                                  device, progress=None, starts=starts)
         out[fold] = {rid: metrics.sigmoid(lg) for rid, lg in zip(ids, logits)}
-    return out
+        runs.save_partial(path, out[fold])
+    return out, kept
 
 
 def build_table(cfg, prep, plan, probs, window_s, n_folds, thresholds, clean) -> pd.DataFrame:
@@ -297,10 +308,13 @@ def main(cfg: CFG) -> dict:
                                                           cfg.vote_on_trained)}
            for j in sorted(set().union(*clean.values()))}
     thresholds = oof_thresholds(cfg, src_dir, prep)
-    run_dir = runs.start_run(cfg.work_dir, "pseudo", cfg.tag)
     inputs = {"preprocess": prep.run_dir.name, "source": f"{cfg.source}/{src_dir.name}"}
-    runs.write_manifest(run_dir, "pseudo", cfg_dict(cfg), inputs, [], {}, finished=False)
-    probs = predict_all(cfg, src_dir, sorted(may), prep, plan, may, window, device)
+    run_dir, resumed = runs.begin_run(cfg.work_dir, "pseudo", cfg_dict(cfg), inputs, cfg.tag,
+                                      cfg.resume, cfg.fresh)
+    probs, kept = predict_all(cfg, src_dir, sorted(may), prep, plan, may, window, device, run_dir)
+    if resumed:
+        print(f"pseudo {run_dir.name} (resumed): " + ", ".join(
+            f"fold {j} votes {'kept' if j in kept else 'made now'}" for j in sorted(may)), flush=True)
     table = build_table(cfg, prep, plan, probs, window_s, n_folds,
                         thresholds["threshold"].to_numpy(float), clean)
     runs.save_csv(run_dir / "pseudo_labels.csv", table)
@@ -313,6 +327,7 @@ def main(cfg: CFG) -> dict:
     runs.write_manifest(run_dir, "pseudo", cfg_dict(cfg), inputs,
                         ["pseudo_labels.csv", "thresholds.csv", "summary.json"], summary,
                         finished=True)
+    runs.drop_partials(run_dir)
     headline = {k: summary[k] for k in ("positives", "negatives", "recall_vs_tp",
                                          "fp_rate_vs_fp", "seconds")}
     checked = summary.get("precision_vs_events", {})

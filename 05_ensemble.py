@@ -22,7 +22,9 @@ Reads  the runs' folders (fold{k}.pth, oof.csv, metrics.json, manifest.json), th
        preprocessing runs, INPUT_DIR/sample_submission.csv and test_truth.csv (demo).
 Writes WORK_DIR/ensemble/<tag>/: submission.csv, test_<stage>_<run>.csv (fold-blended test
        logits per run), detections.csv, raven/<rid>.Table.1.selections.txt, pictures/*.png,
-       report.md, report.json, manifest.json; ensemble.* in WORK_DIR/summary.json.
+       report.md, report.json, manifest.json; ensemble.* in WORK_DIR/summary.json. The same
+       command run again continues a crashed run, keeping the test scores of the folds it
+       had inferred (partial/).
 
 Examples:
     python 05_ensemble.py                                         # latest stage-3 run
@@ -49,6 +51,7 @@ from common.sed import load_checkpoint
 
 PRIOR_MODES = ("auto", "em", "none")
 CHUNK = 128  # recordings per inference call: bounds the memory of their frame tracks
+SCORED = "test_scores.pth"  # partial result: the folds' test logits and the tracks so far
 
 
 @dataclass
@@ -58,6 +61,8 @@ class CFG:
     runs: list[str] = field(default_factory=list)  # "stage/tag", e.g. stage3/latest;
     #                                 [] = the latest stage3 run, else the latest stage1 run
     tag: str = ""                  # this run's tag; default: a timestamp
+    resume: str = ""               # tag of a crashed run to continue; "" = the newest one of this config
+    fresh: bool = False            # true: a new run even when a crashed one of this config exists
     blend: str = "align"           # align | rank | oof
     oof_steps: int = 10            # oof: weights are multiples of 1/oof_steps
     calibrate: str = "auto"        # per-class Platt scaling of each run on its OOF predictions:
@@ -170,10 +175,23 @@ def weigh(cfg: CFG, oofs: list, truth: np.ndarray, calibrated: bool) -> dict:
 
 
 # ----------------------------------------------------------------------------- inference
-def infer_run(cfg: CFG, info: dict, prep, ids: list, tracks: dict, grid: dict,
-              run_weight: float, device) -> np.ndarray:
+def scored_so_far(run_dir: Path, ids: list, tracks: dict, n_classes: int) -> dict:
+    """What infer_run stored of a crashed run of this config: {"ids", "logits": {"<run> fold
+    k": (N, K) logits}, "tracks": frame tracks summed so far}; else a start with `tracks`."""
+    def fits(got):
+        return got["ids"] == ids and got["tracks"].keys() == tracks.keys() and all(
+            got["tracks"][r].shape == t.shape for r, t in tracks.items()) and all(
+            v.shape == (len(ids), n_classes) for v in got["logits"].values())
+    got = runs.load_partial(runs.partial_path(run_dir, SCORED), fits)
+    return got if got is not None else {"ids": list(ids), "logits": {}, "tracks": tracks}
+
+
+def infer_run(cfg: CFG, info: dict, prep, ids: list, scored: dict, grid: dict,
+              run_weight: float, device, run_dir: Path) -> np.ndarray:
     """Fold-blended test logits (N, K); adds run_weight x the fold-mean frame track of every
-    recording in `tracks` (on `grid`) into `tracks` in place."""
+    recording in scored["tracks"] (on `grid`) into them in place. After each fold, its
+    logits and the tracks so far are stored (runs.save_partial); a fold whose logits a
+    crashed run stored is not inferred again."""
     mcfg = info["mcfg"]
     window = int(round(mcfg["crop_seconds"] * prep.sample_rate))
     stride_s = cfg.infer_stride_seconds or info["oof_stride"] or mcfg["crop_seconds"]
@@ -181,7 +199,12 @@ def infer_run(cfg: CFG, info: dict, prep, ids: list, tracks: dict, grid: dict,
     hop_s = mcfg["hop_length"] / prep.sample_rate
     logits = 0.0
     weights = np.asarray(info["fold_weights"]) / np.sum(info["fold_weights"])
+    tracks = scored["tracks"]
     for fold, w in zip(info["folds"], weights):
+        key = f"{info['name']} fold {fold}"
+        if key in scored["logits"]:
+            logits = logits + w * scored["logits"][key]
+            continue
         model, _ = load_checkpoint(info["dir"] / f"fold{fold}.pth", device)
         parts = []
         for b in range(0, len(ids), CHUNK):
@@ -193,9 +216,10 @@ def infer_run(cfg: CFG, info: dict, prep, ids: list, tracks: dict, grid: dict,
                 if rid in tracks:  # float32 throughout: a full RFCx test set is ~1 GB of tracks
                     track = resample_frames(track, hop_s, grid["n"][rid], grid["hop_s"])
                     tracks[rid] += float(run_weight * w) * track
-        logits = logits + w * (np.concatenate(parts) if parts else
-                               np.zeros((0, len(prep.classes))))
-        print(f"  {info['name']} fold {fold}: {len(ids)} test recordings scored", flush=True)
+        scored["logits"][key] = np.concatenate(parts) if parts else np.zeros((0, len(prep.classes)))
+        runs.save_partial(runs.partial_path(run_dir, SCORED), scored)
+        logits = logits + w * scored["logits"][key]
+        print(f"  {key}: {len(ids)} test recordings scored", flush=True)
     info["test_raw"] = np.asarray(logits, np.float64)
     # the calibration is affine per class, so calibrating the fold mean equals averaging
     # the calibrated folds: the OOF (one model) and test (fold mean) scores stay alike
@@ -504,28 +528,31 @@ def main(cfg: CFG) -> dict:
     fitted = fit_blend(cfg, infos, prep)
     fitted["segment_f1"] = {k: v for name in ("local", "soundscape") for k, v in
                             heldout.blended_segment_f1(infos, fitted["weights"], prep, name).items()}
-    run_dir = runs.start_run(cfg.work_dir, "ensemble", cfg.tag)
     inputs = {"runs": [i["name"] for i in infos],
               "preprocess": sorted({i["preprocess"] for i in infos})}
-    runs.write_manifest(run_dir, "ensemble", cfg_dict(cfg), inputs, [], {}, finished=False)
+    run_dir, resumed = runs.begin_run(cfg.work_dir, "ensemble", cfg_dict(cfg), inputs, cfg.tag,
+                                      cfg.resume, cfg.fresh)
     ids = prep.ids("test")
-    print(f"ensemble {run_dir.name}: {len(infos)} runs, {len(ids)} test recordings, blend "
-          f"{cfg.blend}, weights {np.round(fitted['weights'], 3).tolist()}", flush=True)
-    if not ids:
-        return finish_without_test(cfg, run_dir, prep, preps, infos, fitted, inputs, tic, device)
     keep = ids if cfg.detect else ids[:max(cfg.n_pictures, 0)]
     hop = infos[0]["mcfg"]["hop_length"]  # frame tracks live on the first run's frame grid
     grid = {"hop_s": hop / prep.sample_rate,
             "n": {r: frame_count(prep.cache.length(r), hop) for r in keep}}
-    tracks = {r: np.zeros((grid["n"][r], len(prep.classes)), np.float32) for r in keep}
+    scored = scored_so_far(run_dir, ids, {r: np.zeros((grid["n"][r], len(prep.classes)),
+                                                      np.float32) for r in keep}, len(prep.classes))
+    kept = f"; test scores kept: {', '.join(scored['logits']) or 'none'}" if resumed else ""
+    print(f"ensemble {run_dir.name}{' (resumed)' if resumed else ''}: {len(infos)} runs, "
+          f"{len(ids)} test recordings, blend {cfg.blend}, weights "
+          f"{np.round(fitted['weights'], 3).tolist()}{kept}", flush=True)
+    if not ids:
+        return finish_without_test(cfg, run_dir, prep, preps, infos, fitted, inputs, tic, device)
     run_weights = np.asarray(fitted["weights"]) / np.sum(fitted["weights"])
     grid["event_rule"] = event_rule_of(cfg, infos, prep, preps, run_weights, hop, device)
     for info, w in zip(infos, run_weights):
         info["test"] = infer_run(cfg, info, get_prep(cfg, preps, info["preprocess"]), ids,
-                                 tracks, grid, w, device)
+                                 scored, grid, w, device, run_dir)
         runs.save_csv(run_dir / f"test_{info['name'].replace('/', '_')}.csv",
                       stage.score_frame(ids, info["test"], prep.classes))
-    rows, facts, files = write_outputs(cfg, run_dir, prep, infos, fitted, tracks, grid)
+    rows, facts, files = write_outputs(cfg, run_dir, prep, infos, fitted, scored["tracks"], grid)
     for line in facts["weaker"]:
         print(f"NOTE: weaker than the best run on CV: {line}", flush=True)
     summary = {"cv_lwlrap": fitted["cv_lwlrap"], **fitted["segment_f1"],
@@ -544,6 +571,7 @@ def main(cfg: CFG) -> dict:
     runs.update_summary(cfg.work_dir, "ensemble", summary)
     runs.write_manifest(run_dir, "ensemble", cfg_dict(cfg), inputs, files,
                         {**summary, "rows": rows}, finished=True)
+    runs.drop_partials(run_dir)
     report.main(report.CFG(work_dir=cfg.work_dir))
     print(render_report(cfg, rows, facts))
     where = f"submission {run_dir / 'submission.csv'}\nreport     {run_dir / 'report.md'}\n" \

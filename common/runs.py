@@ -174,6 +174,46 @@ def begin_run(work_dir, stage: str, cfg: dict, inputs: dict, tag: str = "", resu
     return run_dir, chosen is not None
 
 
+# ----------------------------------------------------------------------------- partial results
+def partial_path(run_dir, name: str) -> Path:
+    """Where a run keeps a finished piece of its work (03: one fold model's votes, 05: the
+    test scores inferred so far) until the run is finished and drop_partials removes it.
+    02/04 keep their fold results in fold{k}.state.pth, with the same save/load_partial."""
+    return Path(run_dir) / "partial" / name
+
+
+def save_partial(path, result) -> Path:
+    """Store `result` atomically and marked done, for a re-run of a crashed run to keep."""
+    return save_torch(path, {"done": True, "result": result})
+
+
+def load_partial(path, check=None):
+    """What save_partial stored at `path`, or None, and the work is redone, when there is
+    no such file, it does not load (cut short), is not marked done, or `check(result)` is
+    false (it does not fit the work asked for now)."""
+    import torch
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # a truncated or foreign file: never trusted
+        print(f"{path} does not load ({type(err).__name__}); redoing its work", flush=True)
+        return None
+    if not isinstance(state, dict) or not state.get("done"):
+        return None
+    if check is not None and not check(state["result"]):
+        print(f"{path} does not fit this run; redoing its work", flush=True)
+        return None
+    return state["result"]
+
+
+def drop_partials(run_dir) -> None:
+    """Remove the partial results of a run that has written its outputs."""
+    import shutil
+    shutil.rmtree(Path(run_dir) / "partial", ignore_errors=True)
+
+
 def find_run(work_dir, stage: str, tag: str = "latest") -> Path:
     """The run folder of `stage` named `tag`, or the newest finished one for 'latest'."""
     base = Path(work_dir) / stage

@@ -157,7 +157,7 @@ def run_fold(cfg, prep, fold: int, model, make_loader, step, run_dir: Path, devi
               "seg_logits": holder.get("best_seg"), "trained_on": sorted(trained_on)}
     # the fold's training state gives way to its result: a re-run skips the fold
     if dist.is_main():
-        runs.save_torch(fold_state(run_dir, fold), {"done": True, "result": result})
+        runs.save_partial(fold_state(run_dir, fold), result)
     dist.barrier()
     return result
 
@@ -170,13 +170,10 @@ def fold_state(run_dir: Path, fold: int) -> Path:
 def finished_fold(run_dir: Path, fold: int) -> dict | None:
     """The stored result of a fold a crashed run already finished (see run_fold), else None."""
     path = fold_state(run_dir, fold)
-    if not path.exists():
-        return None
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if not state.get("done"):
-        return None
-    print(f"fold {fold}: finished before the restart, result loaded from {path}", flush=True)
-    return state["result"]
+    result = runs.load_partial(path)
+    if result is not None:
+        print(f"fold {fold}: finished before the restart, result loaded from {path}", flush=True)
+    return result
 
 
 def train_folds(cfg, prep, folds: list[int], run_dir: Path, device, make_fold) -> list[dict]:

@@ -1,10 +1,13 @@
 """Crash safety and reproducibility: a training run killed with SIGKILL and run again with
-the same command ends with the same weights and OOF as an uninterrupted run; two runs with
-the same seed and config give the same OOF on CPU; how a re-run picks the run to continue."""
+the same command ends with the same weights and OOF as an uninterrupted run, pseudo
+labelling (03) with the same labels and the ensemble (05) with the same submission; two runs
+with the same seed and config give the same OOF on CPU; how a re-run picks the run to
+continue; which partial results a re-run keeps."""
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -42,11 +45,11 @@ def assert_same_run(a, b):
     pd.testing.assert_frame_equal(ha.drop(columns="seconds"), hb.drop(columns="seconds"))
 
 
-def kill_when(args, pattern, base, timeout=300):
-    """Start `python 02_train_stage1.py args` (2 threads, as the test process), SIGKILL it as
-    soon as a file matching `pattern` exists under `base`; returns its exit status."""
+def kill_when(args, pattern, base, timeout=900, script="02_train_stage1.py"):
+    """Start `python <script> args` (2 threads, as the test process), SIGKILL it as soon as
+    a file matching `pattern` exists under `base`; returns its exit status."""
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "02_train_stage1.py"), *args], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, str(ROOT / script), *args], cwd=ROOT,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + timeout
     while not any(base.glob(pattern)) and proc.poll() is None and time.time() < deadline:
@@ -195,3 +198,109 @@ def test_preprocess_rerun_continues_the_crashed_run_and_keeps_valid_cache_files(
     assert module.cached(waves, {"recording_id": "good3", "split": "train",
                                  "path": str(tmp_path / "data" / "train" / "good3.flac"),
                                  "source": module.source_stamp(str(tmp_path / "data" / "train" / "good3.flac"))}) is None
+
+
+# ----------------------------------------------------------------------------- partial results
+def test_a_partial_result_is_kept_only_when_complete_done_and_fitting(tmp_path):
+    path = runs.partial_path(tmp_path, "votes_fold0.pth")
+    assert runs.load_partial(path) is None  # none yet
+    runs.save_partial(path, {"a": np.ones(3)})
+    assert runs.load_partial(path, lambda got: list(got) == ["a"])["a"].tolist() == [1, 1, 1]
+    assert runs.load_partial(path, lambda got: list(got) == ["b"]) is None  # other work
+    path.write_bytes(path.read_bytes()[:60])  # cut short
+    assert runs.load_partial(path) is None
+    runs.save_torch(path, {"done": False, "result": 1})  # in progress
+    assert runs.load_partial(path) is None
+    runs.drop_partials(tmp_path)
+    assert not path.parent.exists()
+
+
+# ----------------------------------------------------------------------------- 03 and 05 resume
+def pseudo_source(tmp_path):
+    """The fake work dir of test_ensemble, its stage-1 run made a pseudo-label source (each
+    fold model trained on the other fold's recordings), and a second run stage1/r1."""
+    work, data = fake_work_dir(tmp_path)
+    r0 = work / "stage1" / "r0"
+    folds = pd.read_csv(work / "preprocess" / "p0" / "folds.csv")
+    runs.save_csv(r0 / "trained_on.csv", pd.DataFrame(
+        [(k, rid) for k in (0, 1) for rid in folds.loc[folds["fold"] != k, "recording_id"]],
+        columns=["fold", "recording_id"]))
+    runs.write_manifest(r0, "stage1", {}, {"preprocess": "p0"}, [], {"folds": [0, 1]},
+                        finished=True)
+    shutil.copytree(r0, work / "stage1" / "r1")
+    return work, data
+
+
+def pseudo_args(work, data):
+    return ["--source=stage1", "--source_tag=r0", "--min_votes=1", "--target_precision=0",
+            "--threshold=0.5", "--infer_batch=8", "--device=cpu", f"--work_dir={work}",
+            f"--input_dir={data}"]
+
+
+def ensemble_args(work, data):
+    return ["--runs=stage1/r0,stage1/r1", "--n_pictures=1", "--event_threshold=0.3",
+            "--min_event_seconds=0", "--infer_batch=4", "--device=cpu", f"--work_dir={work}",
+            f"--input_dir={data}"]
+
+
+def main_of(scripts, name, stage_name, args):
+    module = scripts(name)
+    return module.main(parse_cfg(module.CFG, stage_name, args))
+
+
+def assert_same_tables(a, b, names):
+    for name in names:
+        pd.testing.assert_frame_equal(pd.read_csv(a / name), pd.read_csv(b / name),
+                                      check_exact=False, rtol=1e-6, atol=1e-9)
+
+
+def crashed_only(work, stage_name, pattern, args, script):
+    """Kill `script` once `pattern` exists; the one unfinished run folder it left."""
+    assert kill_when(args, pattern, work, script=script) == -signal.SIGKILL
+    crashed = list((work / stage_name).iterdir())
+    assert len(crashed) == 1 and not runs.read_manifest(crashed[0])["finished"]
+    return crashed[0]
+
+
+def test_killed_pseudo_labelling_resumes_to_the_labels_of_an_uninterrupted_run(tmp_path, scripts,
+                                                                                capsys):
+    straight, data = pseudo_source(tmp_path / "straight")
+    main_of(scripts, "03_pseudo_label", "pseudo", pseudo_args(straight, data))
+    done = runs.find_run(straight, "pseudo")
+    assert not (done / "partial").exists()  # a finished run keeps no partial results
+    work, data = pseudo_source(tmp_path / "killed")
+    args = pseudo_args(work, data)
+    crashed = crashed_only(work, "pseudo", "pseudo/*/partial/votes_fold0.pth", args,
+                           "03_pseudo_label.py")
+    votes = crashed / "partial"
+    # fold 1's votes as a file cut short (however far the killed run got): made again
+    (votes / "votes_fold1.pth").write_bytes((votes / "votes_fold0.pth").read_bytes()[:500])
+    capsys.readouterr()
+    main_of(scripts, "03_pseudo_label", "pseudo", args)  # the same command again
+    log = capsys.readouterr().out
+    assert f"pseudo {crashed.name} (resumed): fold 0 votes kept, fold 1 votes made now" in log
+    assert runs.read_manifest(crashed)["finished"] and runs.find_run(work, "pseudo") == crashed
+    assert not votes.exists()  # dropped once the run is finished
+    assert len(pd.read_csv(done / "pseudo_labels.csv"))  # the comparison compares something
+    assert_same_tables(done, crashed, ["pseudo_labels.csv", "thresholds.csv"])
+
+
+def test_killed_ensemble_resumes_to_the_submission_of_an_uninterrupted_run(tmp_path, scripts,
+                                                                          capsys):
+    straight, data = pseudo_source(tmp_path / "straight")
+    done = main_of(scripts, "05_ensemble", "ensemble", ensemble_args(straight, data))["run_dir"]
+    assert not (done / "partial").exists()
+    work, data = pseudo_source(tmp_path / "killed")
+    args = ensemble_args(work, data)
+    crashed = crashed_only(work, "ensemble", "ensemble/*/partial/test_scores.pth", args,
+                           "05_ensemble.py")
+    capsys.readouterr()
+    out = main_of(scripts, "05_ensemble", "ensemble", args)
+    log = capsys.readouterr().out
+    # the first fold's test scores at least were stored before the kill
+    assert f"ensemble {crashed.name} (resumed): 2 runs" in log
+    assert "test scores kept: stage1/r0 fold 0" in log
+    assert out["run_dir"] == crashed and runs.read_manifest(crashed)["finished"]
+    assert not (crashed / "partial").exists()
+    assert_same_tables(done, crashed, ["submission.csv", "test_stage1_r0.csv",
+                                       "test_stage1_r1.csv", "detections.csv"])

@@ -277,13 +277,14 @@ def test_pseudo_labels_never_from_a_model_that_trained_on_the_recording(scripts,
         cfg = pl.CFG(work_dir=str(tmp_path))
         plan = {rid: np.array([0.0, 2.0]) for rid in waves}
         may = {j: {rid for rid in plan if provenance.may_vote(seen[j], rid)} for j in seen}
-        probs = pl.predict_all(cfg, tmp_path, [0, 1, 2], Prep(), plan, may, 200, "cpu")
+        probs, kept = pl.predict_all(cfg, tmp_path, [0, 1, 2], Prep(), plan, may, 200, "cpu",
+                                     tmp_path / "pseudo" / "run")
     finally:
         pl.load_checkpoint = original
     for fold, rec in calls:
         assert f"r{rec}" not in seen[fold], f"fold {fold} voted on r{rec}, which it trained on"
     assert set(probs[0]) == {"r3", "r4", "r5"} and "r2" not in probs[1]
-    assert all("r5" in probs[j] for j in (0, 1, 2))
+    assert all("r5" in probs[j] for j in (0, 1, 2)) and kept == []
 
 
 # ----------------------------------------------------------------------------- pseudo windows
