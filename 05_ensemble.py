@@ -17,9 +17,10 @@ grid) give the event table and Raven selection tables.
 BirdCLEF layouts with test soundscapes submit a row per 5 s segment instead
 (common/segment_submission.py: `row_id,birds` for 2021 with the threshold chosen on held-out
 segments' F1, one probability column per class for 2023-2025), shape-checked.
-With no test recordings (BirdCLEF layouts without test soundscapes, an RFCx test/ empty or missing) the runs are
-blended on their OOF predictions only: report, summary (with the blend's soundscape F1 where
-the layout has labelled soundscapes) and pictures of held-out recordings, no submission.
+With no test recordings (BirdCLEF layouts without test soundscapes, an RFCx test/ empty or
+missing) the runs are blended on their OOF predictions only: report, summary (with the
+blend's soundscape F1 where the layout has labelled soundscapes) and pictures of held-out
+recordings, no submission.
 
 Reads  the runs' folders (fold{k}.pth, oof.csv, metrics.json, manifest.json), their
        preprocessing runs, INPUT_DIR/sample_submission.csv and test_truth.csv (demo).
@@ -497,7 +498,8 @@ def finish_with_segments(cfg: CFG, run_dir: Path, prep, preps: dict, infos: list
                         {**summary, "rows": rows}, finished=True)
     report.main(report.CFG(work_dir=cfg.work_dir))
     print(render_report(cfg, rows, facts) + segment_submission.report_md(sub))
-    print(f"submission {run_dir / 'submission.csv'}\nreport     {run_dir / 'report.md'}", flush=True)
+    print(f"submission {run_dir / 'submission.csv'}\nreport     {run_dir / 'report.md'}",
+          flush=True)
     return {"summary": summary, "rows": rows, "run_dir": run_dir}
 
 

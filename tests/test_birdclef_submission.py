@@ -221,7 +221,8 @@ def test_2023_demo_end_to_end_writes_a_checked_probability_submission(tmp_path):
                                            "soundscape_100037_15"]  # 12.5 s: a partial last row
     values = sub[sample.columns[1:]].to_numpy()
     assert np.isfinite(values).all() and ((values >= 0) & (values <= 1)).all()
-    assert "5 rows (probabilities) for 2 test soundscapes, in the sample's order; shape checked" in out
+    said = "5 rows (probabilities) for 2 test soundscapes, in the sample's order; shape checked"
+    assert said in out
     summary = json.loads((tmp_path / "work" / "summary.json").read_text())
     assert summary["ensemble"]["submission_kind"] == "probabilities"
     stage1 = json.loads(next((tmp_path / "work" / "stage1").iterdir()).joinpath(
@@ -233,8 +234,8 @@ def test_2023_demo_end_to_end_writes_a_checked_probability_submission(tmp_path):
 def test_2021_demo_with_test_soundscapes_writes_birds(tmp_path):
     from common.demos.birdclef import BirdDemoSpec, write_birdclef_demo
     data = tmp_path / "data"
-    write_birdclef_demo(data, BirdDemoSpec(**{**TINY, "n_soundscapes": 1, "soundscape_seconds": 20.0},
-                                           n_test_soundscapes=1), workers=2)
+    spec = {**TINY, "n_soundscapes": 1, "soundscape_seconds": 20.0, "n_test_soundscapes": 1}
+    write_birdclef_demo(data, BirdDemoSpec(**spec), workers=2)
     out, run = end_to_end(tmp_path, data, "profiles/birdclef_demo.json")
     sample = pd.read_csv(data / "sample_submission.csv")
     sub = pd.read_csv(run / "submission.csv")

@@ -85,7 +85,7 @@ def write_birdclef2023_demo(out_dir, spec: Bird2023DemoSpec = Bird2023DemoSpec()
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description="Write the BirdCLEF 2023-2025-layout demo dataset.")
+    parser = argparse.ArgumentParser(description="Write the BirdCLEF 2023-2025 demo dataset.")
     parser.add_argument("--out", default="data/birdclef2023_demo")
     parser.add_argument("--workers", type=int, default=2)
     for f in dataclasses.fields(Bird2023DemoSpec):

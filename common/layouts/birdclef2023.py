@@ -128,7 +128,8 @@ def read_metadata(input_dir, classes: list, min_rating: float) -> tuple[pd.DataF
         meta = meta[~low.to_numpy()]
     root = Path(input_dir) / AUDIO
     meta["path"] = [str(root / str(f)) if "/" in str(f).replace("\\", "/") else
-                    str(root / lab / str(f)) for lab, f in zip(meta["primary_label"], meta["filename"])]
+                    str(root / lab / str(f))
+                    for lab, f in zip(meta["primary_label"], meta["filename"])]
     dup = meta["path"].duplicated(keep=False)
     if dup.any():
         rows = meta.loc[dup, "row"].tolist()[:6]
