@@ -489,7 +489,7 @@ def finish_with_segments(cfg: CFG, run_dir: Path, prep, preps: dict, infos: list
     save_report(cfg, run_dir, infos, fitted, rows, facts, segment_submission.report_md(sub))
     summary = {"cv_lwlrap": fitted["cv_lwlrap"], **fitted["segment_f1"],
                "submission": str(run_dir / "submission.csv"), "submission_kind": sub["kind"],
-               "threshold": sub["threshold"], "seconds": round(time.time() - tic, 1),
+               "threshold": sub["threshold"], **sub["test"], "seconds": round(time.time() - tic, 1),
                "tag": run_dir.name, "calibrated": fitted["calibrated"],
                "weights": {i["name"]: float(w) for i, w in zip(infos, fitted["weights"])},
                "weaker_runs": facts["weaker"]}

@@ -192,7 +192,8 @@ def write(run_dir: Path, prep, preps: dict, infos: list, weights, segment_f1: di
     runs.save_csv(run_dir / "test_segments_pred.csv", frame("probabilities", table, probs,
                                                             prep.classes, 0.5))
     facts.update(kind=kind, rows=len(sub), soundscapes=int(table["recording_id"].nunique()),
-                 threshold=threshold, threshold_chosen_on=chosen)
+                 threshold=threshold, threshold_chosen_on=chosen,
+                 test=score_truth(input_dir, table, probs, prep.classes, threshold))
     if kind == "birds":
         facts["nocall_rows"] = int((sub["birds"] == NOCALL).sum())
     where = "in the sample's order" if facts["aligned_to_sample"] else (
@@ -208,6 +209,31 @@ def write(run_dir: Path, prep, preps: dict, infos: list, weights, segment_f1: di
     return facts
 
 
+def score_truth(input_dir, table: pd.DataFrame, probs: np.ndarray, classes: list,
+                threshold: float | None) -> dict:
+    """Test figures where INPUT_DIR has the segments' truth (the demos'
+    test_soundscape_labels.csv: row_id with birds, or a 0/1 column per class; a Kaggle
+    kernel never has it): macro ROC-AUC, padded cmAP and row F1 at the submission's
+    threshold (0.5 for probabilities). {} without it."""
+    path = Path(input_dir) / "test_soundscape_labels.csv"
+    if not path.is_file():
+        return {}
+    labels = pd.read_csv(path, dtype={"row_id": str}).set_index("row_id")
+    keep = table["row_id"].isin(labels.index).to_numpy()
+    if not keep.any():
+        return {}
+    labels = labels.loc[table.loc[keep, "row_id"]]
+    if "birds" in labels.columns:
+        truth = np.array([[c in str(b).split() for c in classes] for b in labels["birds"]], float)
+    else:
+        truth = labels.reindex(columns=classes, fill_value=0).to_numpy(np.float64)
+    probs = np.asarray(probs)[keep]
+    return {"test_segments": int(keep.sum()), "test_roc_auc": metrics.macro_roc_auc(truth, probs),
+            "test_cmap": metrics.padded_cmap(truth, probs),
+            "test_row_f1": metrics.row_f1(truth, probs, 0.5 if threshold is None else
+                                          threshold)["f1"]}
+
+
 def report_md(facts: dict) -> str:
     """The submission section of report.md."""
     lines = [f"\n## Submission\n\n- {facts['rows']} rows ({facts['kind']}) for "
@@ -217,6 +243,11 @@ def report_md(facts: dict) -> str:
     if facts.get("threshold") is not None:
         lines.append(f"- threshold {facts['threshold']:.2f}: {facts['threshold_chosen_on']}; "
                      f"{facts['nocall_rows']} rows nocall")
+    if facts.get("test"):
+        t = facts["test"]
+        lines.append(f"- test truth (test_soundscape_labels.csv, {t['test_segments']} segments): "
+                     f"macro ROC-AUC {t['test_roc_auc']:.4f}, padded cmAP {t['test_cmap']:.4f}, "
+                     f"row F1 {t['test_row_f1']:.4f}")
     if facts["filled"]:
         lines.append(f"- {len(facts['filled'])} sample rows had no prediction and were filled: "
                      f"{facts['filled'][:10]}")

@@ -162,7 +162,6 @@ def test_a_soundscape_shorter_than_5_s_is_named_with_its_length(tmp_path):
     with pytest.raises(ConfigError, match=r"sc_short.ogg: the test soundscape is 3.20 s long, "
                                           r"shorter than one 5 s segment"):
         layouts.read(tmp_path, cfg_of(tmp_path))
-    (tmp_path / "train_metadata.csv").unlink(missing_ok=True)
 
 
 def test_a_2021_test_soundscape_without_site_in_its_name_is_named(tmp_path):
@@ -252,3 +251,20 @@ def test_2021_demo_with_test_soundscapes_writes_birds(tmp_path):
     assert subm.birds_strings(probs[classes].to_numpy(), classes,
                               summary["threshold"]) == sub["birds"].tolist()
     assert "labelled soundscapes" in (run / "report.md").read_text()
+
+
+def test_test_truth_of_the_demos_is_scored_in_both_formats(tmp_path):
+    table = pd.DataFrame({"row_id": ["s_5", "s_10", "s_15"], "recording_id": "s"})
+    probs = np.array([[0.9, 0.1, 0.2], [0.2, 0.8, 0.1], [0.1, 0.3, 0.4]])
+    assert subm.score_truth(tmp_path, table, probs, CLASSES, None) == {}
+    pd.DataFrame({"row_id": ["s_5", "s_10", "s_15"], "b1": [1, 0, 0], "a2": [0, 1, 0],
+                  "c3": [0, 0, 1]}).to_csv(tmp_path / "test_soundscape_labels.csv", index=False)
+    out = subm.score_truth(tmp_path, table, probs, CLASSES, None)
+    assert out["test_roc_auc"] == 1.0 and out["test_segments"] == 3
+    assert out["test_row_f1"] == pytest.approx(2 / 3)  # row 3: 0.4 < 0.5 -> nocall
+    pd.DataFrame({"row_id": ["s_10", "s_5"], "birds": ["a2", "b1 c3"]}).to_csv(
+        tmp_path / "test_soundscape_labels.csv", index=False)
+    out = subm.score_truth(tmp_path, table, probs, CLASSES, 0.15)
+    assert out["test_segments"] == 2  # s_15 has no truth: not scored
+    # s_5: {b1, c3} vs truth {b1, c3} -> 1; s_10: {b1, a2} vs {a2} -> 2 / 3
+    assert out["test_row_f1"] == pytest.approx((1 + 2 / 3) / 2)
