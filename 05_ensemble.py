@@ -307,6 +307,9 @@ def render_report(cfg: CFG, rows: list, facts: dict) -> str:
     if "local_f1" in rows[-1] or "soundscape_f1" in rows[-1]:
         notes.append("- local_f1 / soundscape_f1: row F1@0.5 of 5 s segments (BirdCLEF 2021 rule); "
                      "for the blend, of the weighted mean of the runs' segment probabilities")
+    if "local_roc_auc" in rows[-1]:
+        notes.append("- local_roc_auc / local_cmap: macro ROC-AUC over the classes with a "
+                     "positive (BirdCLEF 2024/2025) and padded cmAP (2023) of the same segments")
     if facts.get("no_test"):
         notes.append(f"- no test scores: {facts['no_test']}; the pictures show held-out (OOF) "
                      "recordings, each drawn by the fold model that validated it")
