@@ -28,6 +28,8 @@ a seeded, class-stratified `test_fraction` is held out (common/layouts/known.py)
 Examples:
     python 01_preprocess.py                                   # demo data, recipe settings
     python 01_preprocess.py --cfg_file=profiles/demo.json     # the CPU demo profile
+    python 01_preprocess.py --cfg_file=profiles/birdclef2023_demo.json  # BirdCLEF 2023-2025 demo
+    python 01_preprocess.py --input_dir=/kaggle/input/birdclef-2025 --min_rating=3
     python 01_preprocess.py --input_dir=/data/rfcx --sample_rate=32000 --workers=8
     python 01_preprocess.py --input_dir=my_raven_project --fully_annotated=true --label_column=Species
     python 01_preprocess.py --input_dir=bats --boxes_file=boxes.csv --test_fraction=0.3
