@@ -3,7 +3,9 @@
 Reads  INPUT_DIR in one of the input layouts (common/layouts/), found by what it holds or
        named with --layout=: RFCx (train/, test/, train_tp.csv, train_fp.csv,
        sample_submission.csv), BirdCLEF 2021 (train_metadata.csv, train_short_audio/,
-       train_soundscape_labels.csv), Raven selection tables (one per recording, or with a
+       train_soundscape_labels.csv, test_soundscapes/), BirdCLEF 2023-2025 (train.csv or
+       train_metadata.csv, train_audio/, taxonomy, sample_submission.csv with a column per
+       class, test_soundscapes/), Raven selection tables (one per recording, or with a
        Begin File column), or one CSV/TSV of boxes (OpenSoundscape's and ketos' column names
        read unchanged); audio (WAV/FLAC/OGG/MP3) in any folder tree. Kaggle's
        /kaggle/input/rfcx-species-audio-detection is used when present, else data/demo, which
@@ -12,7 +14,9 @@ Writes WORK_DIR/preprocess/<tag>/: waves/<recording_id>.npy (float16 at `sample_
        recordings.csv, annotations.csv, folds.csv, classes.json (classes, sample rate,
        label_unit), report.json, manifest.json; test_truth.csv (clip labels) and
        test_events.csv (class, t_min, t_max) when the test recordings have truth;
-       soundscapes.csv (labelled 5 s segments of clip data, never in a fold).
+       soundscapes.csv (labelled 5 s segments of clip data, never in a fold);
+       test_segments.csv (row_id, recording_id, t_min, t_max: the 5 s segments of the test
+       soundscapes a BirdCLEF submission has a row for).
 
 Box annotations (Raven, box tables): a box's class is present in its span; with
 --fully_annotated=true every other class is absent (-1) in the known time of an annotated
@@ -24,6 +28,8 @@ a seeded, class-stratified `test_fraction` is held out (common/layouts/known.py)
 Examples:
     python 01_preprocess.py                                   # demo data, recipe settings
     python 01_preprocess.py --cfg_file=profiles/demo.json     # the CPU demo profile
+    python 01_preprocess.py --cfg_file=profiles/birdclef2023_demo.json  # BirdCLEF 2023-2025 demo
+    python 01_preprocess.py --input_dir=/kaggle/input/birdclef-2025 --min_rating=3
     python 01_preprocess.py --input_dir=/data/rfcx --sample_rate=32000 --workers=8
     python 01_preprocess.py --input_dir=my_raven_project --fully_annotated=true --label_column=Species
     python 01_preprocess.py --input_dir=bats --boxes_file=boxes.csv --test_fraction=0.3
@@ -67,8 +73,10 @@ class CFG:
     demo_n_test: int = 100     # demo test recordings
     demo_duration: float = 20.0  # demo recording length, s
     secondary_labels: bool = True  # BirdCLEF: clips also get +1 rows for their secondary labels
+    min_rating: float = 0.0    # BirdCLEF 2023-2025: leave out clips rated below this (0-5;
+                               # unrated clips, rating 0, are kept); 0 = keep all
     # input layout (common/layouts/)
-    layout: str = "auto"       # auto | rfcx | birdclef2021 | raven | boxes
+    layout: str = "auto"       # auto | birdclef2023 | birdclef2021 | rfcx | raven | boxes
     boxes_file: str = ""       # box table below input_dir; "" = the one CSV/TSV with box columns
     file_column: str = "audio_file|filename|file"   # box columns: accepted names, | separated,
     start_column: str = "start_time|start"          # exact first, then any case
@@ -96,6 +104,12 @@ def ensure_demo(cfg: CFG) -> None:
         print(f"writing the BirdCLEF-layout demo dataset to {cfg.input_dir}", flush=True)
         write_birdclef_demo(cfg.input_dir, BirdDemoSpec(seed=cfg.demo_seed),
                             workers=cfg.workers or os.cpu_count())
+    if paths.is_demo_input(cfg.input_dir, paths.BIRDCLEF2023_DEMO_INPUT) and \
+            not layouts.birdclef2023.detect(cfg.input_dir):
+        from common.demos.birdclef2023 import Bird2023DemoSpec, write_birdclef2023_demo
+        print(f"writing the BirdCLEF 2023-2025-layout demo dataset to {cfg.input_dir}", flush=True)
+        write_birdclef2023_demo(cfg.input_dir, Bird2023DemoSpec(seed=cfg.demo_seed),
+                                workers=cfg.workers or os.cpu_count())
     if not paths.is_demo_input(cfg.input_dir) or (Path(cfg.input_dir) / "train_tp.csv").exists():
         return
     from common.demos.rfcx import DemoSpec, write_rfcx_demo
@@ -244,9 +258,13 @@ def write_tables(run_dir: Path, cfg: CFG, inputs, ok: pd.DataFrame, ann: pd.Data
         kept = inputs.segments["recording_id"].isin(set(ok["recording_id"]))
         runs.save_csv(run_dir / "soundscapes.csv", inputs.segments[kept])
         written.append("soundscapes.csv")
+    if inputs.test_segments is not None:  # BirdCLEF: the rows of the segment submission
+        runs.save_csv(run_dir / "test_segments.csv", inputs.test_segments(ok))
+        written.append("test_segments.csv")
     runs.save_json(run_dir / "classes.json", {
         "classes": inputs.classes, "sample_rate": cfg.sample_rate,
-        "label_unit": inputs.label_unit, "layout": inputs.layout})
+        "label_unit": inputs.label_unit, "layout": inputs.layout,
+        "submission": inputs.submission})
     return written
 
 

@@ -171,7 +171,9 @@ def main(cfg: CFG) -> dict:
         line += (f"  | calibrated: CV {out['cv_lwlrap_calibrated']:.4f}"
                  + (f" test {out['test_lwlrap_calibrated']:.4f}" if "test_lwlrap_calibrated" in out else ""))
     if "local_f1" in out:
-        line += f"  | local F1 {out['local_f1']:.4f}  soundscape F1 {out.get('soundscape_f1', float('nan')):.4f}"
+        line += (f"  | local F1 {out['local_f1']:.4f}  ROC-AUC {out['local_roc_auc']:.4f}  "
+                 f"padded cmAP {out['local_cmap']:.4f}"
+                 + (f"  soundscape F1 {out['soundscape_f1']:.4f}" if "soundscape_f1" in out else ""))
     print(f"{line}  [{out['seconds']:.0f}s] -> {run_dir}", flush=True)
     return out
 

@@ -14,9 +14,13 @@ on skewed resamples of the OOF recordings says it helps (`prior_scaling=auto`); 
 lists it next to the training prior. A run whose CV is below the best run's is named in
 the report. The framewise outputs (mean over folds and runs, on the first run's frame
 grid) give the event table and Raven selection tables.
-With no test recordings (BirdCLEF 2021 layout, an RFCx test/ empty or missing) the runs are
-blended on their OOF predictions only: report, summary (with the blend's soundscape F1 where
-the layout has labelled soundscapes) and pictures of held-out recordings, no submission.
+BirdCLEF layouts with test soundscapes submit a row per 5 s segment instead
+(common/segment_submission.py: `row_id,birds` for 2021 with the threshold chosen on held-out
+segments' F1, one probability column per class for 2023-2025), shape-checked.
+With no test recordings (BirdCLEF layouts without test soundscapes, an RFCx test/ empty or
+missing) the runs are blended on their OOF predictions only: report, summary (with the
+blend's soundscape F1 where the layout has labelled soundscapes) and pictures of held-out
+recordings, no submission.
 
 Reads  the runs' folders (fold{k}.pth, oof.csv, metrics.json, manifest.json), their
        preprocessing runs, INPUT_DIR/sample_submission.csv and test_truth.csv (demo).
@@ -43,7 +47,7 @@ import pandas as pd
 import torch
 
 from common import (blend, calibration, class_figures, detect, event_rule, heldout, metrics,
-                    paths, plots, report, runs, stage)
+                    paths, plots, report, runs, segment_submission, stage)
 from common.cli import ConfigError, cfg_dict, run
 from common.infer import frame_count, predict_frames, resample_frames, resolve_device
 from common.prepared import load_prepared
@@ -116,7 +120,8 @@ def load_run(run_dir: Path) -> dict:
             "folds": folds, "fold_weights": [fold_cv.get(f, 1.0) for f in folds],
             "cv_lwlrap": result.get("cv_lwlrap"), "oof": oof.set_index("recording_id"),
             "oof_stride": float(oof_stride),
-            "segment_f1": {k: result[k] for k in ("local_f1", "soundscape_f1") if k in result}}
+            "segment_f1": {k: result[k] for k in ("local_f1", "soundscape_f1", "local_roc_auc",
+                                                  "local_cmap") if k in result}}
 
 
 def get_prep(cfg: CFG, cache: dict, tag: str):
@@ -331,7 +336,7 @@ def weaker_runs(infos: list, weights, calibrated: bool) -> list[str]:
 def render_report(cfg: CFG, rows: list, facts: dict) -> str:
     cols = [c for c in ("run", "backbone", "resolution", "folds", "weight", "cv_lwlrap",
                         "oof_common", "oof_calibrated", "local_f1", "soundscape_f1",
-                        "test_lwlrap", "test_lwlrap_calibrated",
+                        "local_roc_auc", "local_cmap", "test_lwlrap", "test_lwlrap_calibrated",
                         "test_lwlrap_prior", "test_f1")
             if any(c in r for r in rows)]
     fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else "" if v is None else str(v)  # noqa
@@ -348,6 +353,9 @@ def render_report(cfg: CFG, rows: list, facts: dict) -> str:
     if "local_f1" in rows[-1] or "soundscape_f1" in rows[-1]:
         notes.append("- local_f1 / soundscape_f1: row F1@0.5 of 5 s segments (BirdCLEF 2021 rule); "
                      "for the blend, of the weighted mean of the runs' segment probabilities")
+    if "local_roc_auc" in rows[-1]:
+        notes.append("- local_roc_auc / local_cmap: macro ROC-AUC over the classes with a "
+                     "positive (BirdCLEF 2024/2025) and padded cmAP (2023) of the same segments")
     if facts.get("no_test"):
         notes.append(f"- no test scores: {facts['no_test']}; the pictures show held-out (OOF) "
                      "recordings, each drawn by the fold model that validated it")
@@ -520,6 +528,39 @@ def finish_without_test(cfg: CFG, run_dir: Path, prep, preps: dict, infos: list,
     return {"summary": summary, "rows": rows, "run_dir": run_dir}
 
 
+def finish_with_segments(cfg: CFG, run_dir: Path, prep, preps: dict, infos: list, fitted: dict,
+                         inputs: dict, tic: float, device) -> dict:
+    """BirdCLEF test soundscapes: submission.csv with a row per 5 s segment
+    (common/segment_submission.py); report, summary and pictures of held-out clips."""
+    weights = np.asarray(fitted["weights"]) / np.sum(fitted["weights"])
+    sub = segment_submission.write(run_dir, prep, preps, infos, weights, fitted["segment_f1"],
+                                   cfg.input_dir, cfg.infer_batch, device)
+    pic_ids = heldout.pick_recordings(infos, cfg.n_pictures)
+    tracks = heldout.heldout_tracks(infos, prep, preps, pic_ids, weights,
+                                    infos[0]["mcfg"]["hop_length"], device)
+    found = (fitted["common"], fitted["oof_truth"]) if fitted["common"] else None
+    files = ["submission.csv", "test_segments_pred.csv", "report.md", "report.json"] + \
+        write_pictures(cfg, run_dir, prep, infos, tracks, pic_ids, found, fitted["blended"],
+                       fitted["common"], fitted["weights"], "OOF recordings, TP labels")
+    rows = report_rows(cfg, infos, fitted, None, [], {})
+    facts = {**blend_facts(infos, fitted), "filled": [], "submission": sub}
+    save_report(cfg, run_dir, infos, fitted, rows, facts, segment_submission.report_md(sub))
+    summary = {"cv_lwlrap": fitted["cv_lwlrap"], **fitted["segment_f1"],
+               "submission": str(run_dir / "submission.csv"), "submission_kind": sub["kind"],
+               "threshold": sub["threshold"], **sub["test"], "seconds": round(time.time() - tic, 1),
+               "tag": run_dir.name, "calibrated": fitted["calibrated"],
+               "weights": {i["name"]: float(w) for i, w in zip(infos, fitted["weights"])},
+               "weaker_runs": facts["weaker"]}
+    runs.update_summary(cfg.work_dir, "ensemble", summary)
+    runs.write_manifest(run_dir, "ensemble", cfg_dict(cfg), inputs, files,
+                        {**summary, "rows": rows}, finished=True)
+    report.main(report.CFG(work_dir=cfg.work_dir))
+    print(render_report(cfg, rows, facts) + segment_submission.report_md(sub))
+    print(f"submission {run_dir / 'submission.csv'}\nreport     {run_dir / 'report.md'}",
+          flush=True)
+    return {"summary": summary, "rows": rows, "run_dir": run_dir}
+
+
 def main(cfg: CFG) -> dict:
     tic = time.time()
     check_cfg(cfg)
@@ -533,6 +574,10 @@ def main(cfg: CFG) -> dict:
     run_dir, resumed = runs.begin_run(cfg.work_dir, "ensemble", cfg_dict(cfg), inputs, cfg.tag,
                                       cfg.resume, cfg.fresh)
     ids = prep.ids("test")
+    if ids and segment_submission.applies(prep):  # BirdCLEF test soundscapes: 5 s segment rows
+        print(f"ensemble {run_dir.name}: {len(infos)} runs, {len(ids)} test soundscapes, blend "
+              f"{cfg.blend}, weights {np.round(fitted['weights'], 3).tolist()}", flush=True)
+        return finish_with_segments(cfg, run_dir, prep, preps, infos, fitted, inputs, tic, device)
     keep = ids if cfg.detect else ids[:max(cfg.n_pictures, 0)]
     hop = infos[0]["mcfg"]["hop_length"]  # frame tracks live on the first run's frame grid
     grid = {"hop_s": hop / prep.sample_rate,

@@ -10,6 +10,7 @@ an RFCx folder whose test/ is empty or missing): held-out recordings instead of 
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,10 @@ KEY = ["recording_id", "t_min", "t_max"]
 def no_test_reason(prep) -> str:
     """Why the preprocessing run `prep` has no test recordings, for the one-line message."""
     if prep.clips:
+        layout = json.loads((prep.run_dir / "classes.json").read_text()).get("layout")
+        if layout == "birdclef2023":
+            return (f"preprocessing run {prep.run_dir.name} (clip labels, BirdCLEF 2023-2025 "
+                    "layout) holds no test recordings: test_soundscapes/ was empty or missing")
         return (f"preprocessing run {prep.run_dir.name} (clip labels, BirdCLEF 2021 layout) holds "
                 "no test recordings: its labelled soundscapes score soundscape F1 and are never "
                 "submitted")

@@ -1,4 +1,5 @@
-"""Metrics: LWLRAP (the RFCx metric), per-class AP, F1 / precision / recall at a threshold."""
+"""Metrics: LWLRAP (the RFCx metric), per-class AP, F1 / precision / recall at a threshold,
+the BirdCLEF 2021 row F1, macro ROC-AUC (BirdCLEF 2024/2025) and padded cmAP (2023)."""
 from __future__ import annotations
 
 import numpy as np
@@ -99,3 +100,58 @@ def threshold_sweep(truth: np.ndarray, probs: np.ndarray,
     best = int(np.argmax(scores))
     return {"f1_at_0.5": row_f1(truth, probs, 0.5)["f1"], "best_f1": float(scores[best]),
             "best_threshold": float(thresholds[best])}
+
+
+# ----------------------------------------------------------------------------- BirdCLEF 2023-2025
+def roc_auc(truth: np.ndarray, scores: np.ndarray) -> float:
+    """ROC-AUC of one class (truth (N,) 0/1, scores (N,)): the chance that a random positive
+    scores above a random negative, ties counting one half (Mann-Whitney U from average
+    ranks; equals sklearn's roc_auc_score). NaN without a positive or without a negative."""
+    from scipy.stats import rankdata
+    truth = np.asarray(truth) > 0
+    n_pos, n_neg = int(truth.sum()), int((~truth).sum())
+    if not n_pos or not n_neg:
+        return float("nan")
+    ranks = rankdata(np.asarray(scores, dtype=np.float64))
+    return float((ranks[truth].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def macro_roc_auc(truth: np.ndarray, scores: np.ndarray) -> float:
+    """BirdCLEF 2024/2025: the mean ROC-AUC over the classes (columns) that have a positive
+    in `truth` (N, K); a class whose every row is positive has no ROC curve and is skipped
+    too. NaN when no class is scored."""
+    truth, scores = np.asarray(truth) > 0, np.asarray(scores, dtype=np.float64)
+    if truth.shape != scores.shape:
+        raise ValueError(f"truth {truth.shape} and scores {scores.shape} differ in shape")
+    per_class = [roc_auc(truth[:, k], scores[:, k]) for k in range(truth.shape[1])]
+    scored = [v for v in per_class if np.isfinite(v)]
+    return float(np.mean(scored)) if scored else float("nan")
+
+
+def average_precision(truth: np.ndarray, scores: np.ndarray) -> float:
+    """AP of one class as sklearn's average_precision_score: sum over the distinct score
+    thresholds (descending) of (recall gained) x precision there. NaN without a positive."""
+    truth = np.asarray(truth) > 0
+    if not truth.any():
+        return float("nan")
+    scores = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(-scores, kind="stable")
+    s, t = scores[order], truth[order]
+    last = np.r_[np.flatnonzero(np.diff(s) != 0), len(s) - 1]  # end of each run of ties
+    tp = np.cumsum(t)[last]
+    precision = tp / (last + 1)
+    recall_gain = np.diff(np.r_[0, tp]) / truth.sum()
+    return float((recall_gain * precision).sum())
+
+
+def padded_cmap(truth: np.ndarray, scores: np.ndarray, padding: int = 5) -> float:
+    """BirdCLEF 2023: macro AP over every class after `padding` rows of all-ones are added
+    to both truth and scores (so every class has a positive, and a class with few positives
+    is not judged on them alone)."""
+    truth, scores = np.asarray(truth) > 0, np.asarray(scores, dtype=np.float64)
+    if truth.shape != scores.shape:
+        raise ValueError(f"truth {truth.shape} and scores {scores.shape} differ in shape")
+    ones = np.ones((padding, truth.shape[1]))
+    truth, scores = np.vstack([truth, ones > 0]), np.vstack([scores, ones])
+    return float(np.mean([average_precision(truth[:, k], scores[:, k])
+                          for k in range(truth.shape[1])]))

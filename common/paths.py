@@ -9,6 +9,7 @@ KAGGLE_RFCX = KAGGLE_INPUT / "rfcx-species-audio-detection"
 KAGGLE_WORKING = Path("/kaggle/working")
 DEMO_INPUT = Path("data/demo")
 BIRDCLEF_DEMO_INPUT = Path("data/birdclef_demo")  # the BirdCLEF-layout demo (common.demos.birdclef)
+BIRDCLEF2023_DEMO_INPUT = Path("data/birdclef2023_demo")  # 2023-2025 layout (common.demos.birdclef2023)
 
 
 def default_input_dir() -> str:

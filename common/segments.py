@@ -72,11 +72,15 @@ def for_validation(prep, val_ids: list, crop_seconds: float) -> SegmentSet | Non
 
 def f1_scores(name: str, truth: np.ndarray, probs: np.ndarray) -> dict:
     """{name}_f1 (at 0.5), {name}_f1_best and {name}_threshold (best of a sweep),
-    {name}_micro_f1 of segment probabilities (N, K) against truth (N, K)."""
+    {name}_micro_f1 of segment probabilities (N, K) against truth (N, K); and the later
+    competitions' figures: {name}_roc_auc (macro over classes with a positive, 2024/2025)
+    and {name}_cmap (padded cmAP, 2023)."""
     sweep = metrics.threshold_sweep(truth, probs)
     return {f"{name}_f1": sweep["f1_at_0.5"], f"{name}_f1_best": sweep["best_f1"],
             f"{name}_threshold": sweep["best_threshold"],
-            f"{name}_micro_f1": metrics.row_f1(truth, probs)["micro_f1"]}
+            f"{name}_micro_f1": metrics.row_f1(truth, probs)["micro_f1"],
+            f"{name}_roc_auc": metrics.macro_roc_auc(truth, probs),
+            f"{name}_cmap": metrics.padded_cmap(truth, probs)}
 
 
 def _frame(table: pd.DataFrame, probs: np.ndarray, classes: list) -> pd.DataFrame:

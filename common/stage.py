@@ -264,6 +264,7 @@ def finish_run(cfg, prep, stage: str, run_dir: Path, fold_results: list, mcfg: d
         "memo": f"hop={mcfg['hop_length']} epochs={cfg.epochs} folds={len(folds)} "
                 f"{segments.best_memo(result)}{cfg.memo}".strip()})
     summary = {k: result[k] for k in ("cv_lwlrap", "cv_f1", "test_lwlrap", "local_f1", "soundscape_f1",
+                                      "local_roc_auc", "local_cmap",
                                       "cv_lwlrap_calibrated", "test_lwlrap_calibrated",
                                       "test_prevalence_baseline", "seconds") if k in result}
     runs.update_summary(cfg.work_dir, stage, {**summary, "tag": run_dir.name})

@@ -42,6 +42,7 @@ class BirdDemoSpec:
     soundscape_seconds: float = 60.0  # real ones are 600 s
     calls_per_minute: float = 10.0  # soundscape call density (about half the segments nocall)
     sample_rate: int = 32000
+    n_test_soundscapes: int = 0     # unlabelled test_soundscapes/ (+ sample_submission.csv)
 
 
 def species_of(spec: BirdDemoSpec) -> list[int]:
@@ -69,7 +70,7 @@ def _write(path: Path, scene: Scene, rng) -> None:
 
 
 def _clip(job) -> dict:
-    spec, index, s, seconds, others, out = job
+    spec, index, s, seconds, others, out, *folder = job  # folder: the clips' audio folder
     rng = np.random.default_rng(np.random.SeedSequence([spec.seed, 1, index]))
     scene = _scene(spec, seconds, rng, clip=True)
     placed = 0
@@ -84,15 +85,17 @@ def _clip(job) -> dict:
         scene.lookalike(int(rng.integers(len(dc.SPECIES))))
     scene.background()
     name = f"XC{100000 + index}.ogg"
-    _write(Path(out) / "train_short_audio" / label(s) / name, scene, rng)
+    _write(Path(out) / (folder[0] if folder else "train_short_audio") / label(s) / name, scene, rng)
     return {"primary_label": label(s), "secondary_labels": str(secondary), "type": "['call']",
             "rating": 4.0, "filename": name, "calls": placed}
 
 
 def _soundscape(job) -> list[dict]:
-    spec, index, classes, out = job
+    """A soundscape and its 5 s segments' labels; `where` (folder, file stem, seconds) for
+    the test soundscapes, else a labelled one in train_soundscapes/."""
+    spec, index, classes, out, *where = job
     rng = np.random.default_rng(np.random.SeedSequence([spec.seed, 2, index]))
-    seconds = spec.soundscape_seconds
+    seconds = where[0][2] if where else spec.soundscape_seconds
     scene = _scene(spec, seconds, rng, clip=False)
     for _ in range(rng.poisson(spec.calls_per_minute * seconds / 60)):
         scene.call(int(rng.choice(classes)), rng.uniform(0.0, 15.0))
@@ -100,14 +103,17 @@ def _soundscape(job) -> list[dict]:
         scene.lookalike(int(rng.integers(len(dc.SPECIES))))
     scene.background()
     audio_id, site = 1000 + 37 * index, SITES[index % len(SITES)]
-    _write(Path(out) / "train_soundscapes" / f"{audio_id}_{site}_2020{index + 1:04d}.ogg", scene, rng)
+    folder, stem = (where[0][0], where[0][1]) if where else \
+        ("train_soundscapes", f"{audio_id}_{site}_2020{index + 1:04d}")
+    _write(Path(out) / folder / f"{stem}.ogg", scene, rng)
     calls = [e for e in scene.events if e["kind"] == "call"]
     rows = []
-    for end in np.arange(5.0, seconds + 1e-6, 5.0):
+    for end in np.arange(5.0, seconds + 2.5 + 1e-6, 5.0):  # a last part of >= 2.5 s counts
         hit = [label(e["species_id"]) for e in calls
                if overlap_hit(e["t_min"], e["t_max"], end - 5.0, end, 0.5)]
         rows.append({"row_id": f"{audio_id}_{site}_{int(end)}", "site": site, "audio_id": audio_id,
-                     "seconds": int(end), "birds": " ".join(sorted(set(hit))) or "nocall"})
+                     "seconds": int(end), "birds": " ".join(sorted(set(hit))) or "nocall",
+                     "stem": stem})
     return rows
 
 
@@ -125,13 +131,22 @@ def write_birdclef_demo(out_dir, spec: BirdDemoSpec = BirdDemoSpec(), workers: i
     jobs = [(spec, i, clips[i][0], clips[i][1], [o for o in species if o != clips[i][0]], str(out))
             for i in order]
     scapes = [(spec, j, species, str(out)) for j in range(spec.n_soundscapes)]
+    tests = [(spec, 500 + j, species, str(out)) for j in range(spec.n_test_soundscapes)]
+    tests = [(*t, ("test_soundscapes", f"{1000 + 37 * t[1]}_{SITES[t[1] % 3]}_2021{j + 1:04d}",
+                   spec.soundscape_seconds)) for j, t in enumerate(tests)]
     with ProcessPoolExecutor(workers) as pool:
         meta = list(pool.map(_clip, jobs, chunksize=8))
         segments = [r for rows in pool.map(_soundscape, scapes) for r in rows]
+        test_rows = [r for rows in pool.map(_soundscape, tests) for r in rows]
     release_noise_bank()
     meta = pd.DataFrame(meta).sort_values("filename")
-    labels = pd.DataFrame(segments)
+    labels = pd.DataFrame(segments, columns=["row_id", "site", "audio_id", "seconds", "birds"])
     labels.to_csv(out / "train_soundscape_labels.csv", index=False)
+    if test_rows:  # the sample lists every segment; the truth (birds) stays apart from it
+        test = pd.DataFrame(test_rows)
+        test.assign(birds="nocall")[["row_id", "birds"]].to_csv(out / "sample_submission.csv",
+                                                                 index=False)
+        test[["row_id", "birds"]].to_csv(out / "test_soundscape_labels.csv", index=False)
     summary = {"classes": [label(s) for s in species], "clips": len(meta),
                "with_secondary": int((meta["secondary_labels"] != "[]").sum()),
                "soundscape_segments": len(labels),

@@ -1,6 +1,8 @@
 """Input layouts: one module per way data arrives, all behind one interface (base.Inputs).
 
     rfcx          train/, test/, train_tp.csv, train_fp.csv (RFCx, the embedded demo, nips4b)
+    birdclef2023  train.csv or train_metadata.csv, train_audio/, taxonomy, sample_submission.csv
+                  with a column per class, test_soundscapes/ (BirdCLEF 2023-2025)
     birdclef2021  train_metadata.csv, train_short_audio/, labelled train_soundscapes/
     raven         Raven selection tables, one per recording or with a Begin File column
     boxes         one CSV/TSV of boxes (OpenSoundscape, ketos and similar column names)
@@ -15,10 +17,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from common.cli import ConfigError
-from common.layouts import birdclef2021, boxes, raven, rfcx
+from common.layouts import birdclef2021, birdclef2023, boxes, raven, rfcx
 from common.layouts.base import Inputs
 
-LAYOUTS = {m.NAME: m for m in (birdclef2021, rfcx, raven, boxes)}
+LAYOUTS = {m.NAME: m for m in (birdclef2023, birdclef2021, rfcx, raven, boxes)}
 
 
 def detect(input_dir, cfg) -> str:
@@ -27,7 +29,8 @@ def detect(input_dir, cfg) -> str:
         if module.detect(input_dir, cfg):
             return name
     raise ConfigError(f"{input_dir}: no known input layout found. Expected one of: train_tp.csv "
-                      "(RFCx), train_metadata.csv (BirdCLEF 2021), Raven selection tables "
+                      "(RFCx), train.csv or train_metadata.csv with train_audio/ (BirdCLEF 2023-2025), "
+                      "train_metadata.csv (BirdCLEF 2021), Raven selection tables "
                       "(*.selections.txt), or a CSV/TSV of boxes with file, start, end and label "
                       "columns (name them with --file_column= ...); or set --layout=")
 

@@ -38,6 +38,13 @@ class Inputs:
                data that the stages read from classes.json
     segments   labelled soundscape segments (clips only), else None
     notes      facts for report.json (counted skips found while reading, the test split, ...)
+    submission what 05 submits: "recordings" (a row per test recording, RFCx), "birds" (a
+               row per 5 s segment of each test soundscape, space-separated codes or nocall:
+               BirdCLEF 2021) or "probabilities" (a row per segment, a column per class:
+               BirdCLEF 2023-2025)
+    test_segments  test_segments(recordings) -> row_id, recording_id, t_min, t_max of every
+               5 s segment of the decoded test soundscapes (common/layouts/soundscapes.py),
+               for the segment submissions; else None
     """
     layout: str
     files: list
@@ -47,6 +54,8 @@ class Inputs:
     label_unit: str = "events"
     segments: pd.DataFrame | None = None
     notes: dict = field(default_factory=dict)
+    submission: str = "recordings"
+    test_segments: Callable | None = None
 
 
 def read_table(path, required: list[str], sep: str = ",") -> pd.DataFrame:

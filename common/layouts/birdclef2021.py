@@ -4,6 +4,9 @@
     train_short_audio/<label>/    the clips (ogg), one focal species each
     train_soundscape_labels.csv   row_id, site, audio_id, seconds, birds ("a b" or "nocall")
     train_soundscapes/            <audio_id>_<site>_<date>.ogg, labelled per 5 s segment
+    test_soundscapes/             (optional) <audio_id>_<site>_<date>.ogg to submit: a row
+                                  `<audio_id>_<site>_<end second>` per 5 s segment, `birds`
+                                  = space-separated codes or nocall (05, common/submission.py)
 
 Clips become whole-clip +1 rows (primary label, and secondary labels when asked); each
 soundscape segment becomes 5 s rows: +1 per bird, or a -1 row for every class when the
@@ -21,6 +24,7 @@ import pandas as pd
 from common import tables
 from common.audio import AUDIO_EXTENSIONS
 from common.cli import ConfigError
+from common.layouts import soundscapes as test_soundscapes
 from common.layouts.base import Inputs, read_table
 from common.segments import SEGMENT_SECONDS
 
@@ -135,6 +139,8 @@ def read(input_dir, cfg) -> Inputs:
     classes = classes_of(meta)
     files = [(rid, "train", path) for rid, path in zip(meta["recording_id"], meta["path"])]
     files += [(rid, "soundscape", path) for rid, path in scapes]
+    tests = test_files(input_dir)
+    files += [(p.stem, "test", str(p)) for p in tests]
     counts = {rid: 1 + len(sec) for rid, sec in zip(meta["recording_id"], meta["secondary"])}
     for rid, n in segments["recording_id"].value_counts().items():
         counts[rid] = counts.get(rid, 0) + int(n)
@@ -146,4 +152,25 @@ def read(input_dir, cfg) -> Inputs:
         return tables.check_annotations(ann, recordings, classes, report), None, None
 
     return Inputs(layout=NAME, files=files, classes=classes, annotate=annotate,
-                  rows_per_recording=counts, label_unit="clips", segments=segments)
+                  rows_per_recording=counts, label_unit="clips", segments=segments,
+                  submission="birds", test_segments=(lambda recordings: test_soundscapes.
+                                                     segment_table(recordings, site_prefix))
+                  if tests else None, notes={"test_soundscapes": len(tests)})
+
+
+def site_prefix(recording_id: str) -> str:
+    """'2782_SSW_20170701' -> '2782_SSW': the row_id prefix of a 2021 soundscape."""
+    return "_".join(str(recording_id).split("_")[:2])
+
+
+def test_files(input_dir) -> list[Path]:
+    """test_soundscapes/<audio_id>_<site>_<date>.ogg, each checked for its name and length."""
+    paths = test_soundscapes.files(input_dir)
+    for path in paths:
+        parts = path.stem.split("_")
+        if len(parts) < 3 or not all(parts[:2]):
+            raise ConfigError(f"{path}: a BirdCLEF 2021 test soundscape is named "
+                              "<audio_id>_<site>_<date>.ogg (its rows are <audio_id>_<site>_"
+                              "<end second>); rename the file")
+    test_soundscapes.check_lengths(paths)
+    return paths
