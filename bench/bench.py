@@ -48,8 +48,9 @@ class CFG:
                                    # state, not the loader's start-up)
     device: str = "auto"           # auto | cpu | cuda
     amp: str = "none"              # none | bf16 | fp16: precision of the model figures and ratios
-    compare_amp: str = "bf16"      # a second precision measured in the same rounds (keys with
-                                   # a _bf16 / _fp32 suffix, speedups in amp_speedup); "" = off
+    compare_amp: str = "auto"      # a second precision measured in the same rounds (keys with
+                                   # a _bf16 / _fp32 suffix, speedups in amp_speedup); "" or
+                                   # none = off; auto = bf16 where the device has it natively
     profile_epoch: bool = False    # also profile one training epoch (torch.profiler)
 
 

@@ -77,3 +77,20 @@ def test_devsets_table_reads_each_work_dir(tmp_path):
     text = devsets.render(rows)
     assert "| nips4b | stage1 | 0.4100 | 0.3900 | 0.4800 | 0.4900 | 0.1600 | 900 |" in text
     assert "pseudo (20 windows)" in text
+
+
+def test_compare_amp_auto_takes_bf16_only_where_the_device_has_it(monkeypatch):
+    """`make bench` compares bf16 with fp32 by default only where bf16 is native (a GPU, a
+    CPU with AVX512-BF16 or AMX): emulated bf16 made one training step 16x slower than fp32
+    on an AVX2 CPU, and the bench's training figures ran past 20 minutes there."""
+    from types import SimpleNamespace
+
+    from bench import model_bench
+    cfg = SimpleNamespace(amp="none", compare_amp="auto")
+    assert model_bench.precisions(cfg, "cuda") == ["none", "bf16"]
+    monkeypatch.setattr(model_bench, "native_bf16", lambda device: False)
+    assert model_bench.precisions(cfg, "cpu") == ["none"]
+    monkeypatch.setattr(model_bench, "native_bf16", lambda device: True)
+    assert model_bench.precisions(cfg, "cpu") == ["none", "bf16"]
+    assert model_bench.precisions(SimpleNamespace(amp="none", compare_amp="none")) == ["none"]
+    assert model_bench.precisions(SimpleNamespace(amp="none", compare_amp="bf16")) == ["none", "bf16"]
