@@ -494,6 +494,23 @@ def save_report(cfg: CFG, run_dir: Path, infos: list, fitted: dict, rows: list, 
                       lambda f: f.write(render_report(cfg, rows, facts) + extra))
 
 
+def close_run(cfg: CFG, run_dir: Path, infos: list, fitted: dict, inputs: dict, files: list,
+              rows: list, facts: dict, tic: float, extra: dict, extra_md: str = "") -> dict:
+    """The summary of a run without per-recording test scores (no test recordings, or
+    BirdCLEF segment rows): summary.json, the finished manifest, the stage report, printed."""
+    summary = {"cv_lwlrap": fitted["cv_lwlrap"], **fitted["segment_f1"], **extra,
+               "seconds": round(time.time() - tic, 1), "tag": run_dir.name,
+               "calibrated": fitted["calibrated"],
+               "weights": {i["name"]: float(w) for i, w in zip(infos, fitted["weights"])},
+               "weaker_runs": facts["weaker"]}
+    runs.update_summary(cfg.work_dir, "ensemble", summary)
+    runs.write_manifest(run_dir, "ensemble", cfg_dict(cfg), inputs, files,
+                        {**summary, "rows": rows}, finished=True)
+    report.main(report.CFG(work_dir=cfg.work_dir))
+    print(render_report(cfg, rows, facts) + extra_md)
+    return summary
+
+
 def finish_without_test(cfg: CFG, run_dir: Path, prep, preps: dict, infos: list, fitted: dict,
                         inputs: dict, tic: float, device) -> dict:
     """No test recordings: report, summary and pictures of held-out recordings from the OOF
@@ -510,16 +527,8 @@ def finish_without_test(cfg: CFG, run_dir: Path, prep, preps: dict, infos: list,
     rows = report_rows(cfg, infos, fitted, None, [], {})
     facts = {**blend_facts(infos, fitted), "filled": [], "no_test": why}
     save_report(cfg, run_dir, infos, fitted, rows, facts)
-    summary = {"cv_lwlrap": fitted["cv_lwlrap"], **fitted["segment_f1"], "submission": None,
-               "nothing_to_submit": why, "seconds": round(time.time() - tic, 1),
-               "tag": run_dir.name, "calibrated": fitted["calibrated"],
-               "weights": {i["name"]: float(w) for i, w in zip(infos, fitted["weights"])},
-               "weaker_runs": facts["weaker"]}
-    runs.update_summary(cfg.work_dir, "ensemble", summary)
-    runs.write_manifest(run_dir, "ensemble", cfg_dict(cfg), inputs, files,
-                        {**summary, "rows": rows}, finished=True)
-    report.main(report.CFG(work_dir=cfg.work_dir))
-    print(render_report(cfg, rows, facts))
+    summary = close_run(cfg, run_dir, infos, fitted, inputs, files, rows, facts, tic,
+                        {"submission": None, "nothing_to_submit": why})
     scape = f", soundscape F1 {summary['soundscape_f1']:.4f}" if "soundscape_f1" in summary else ""
     what = f"{len(infos)} runs" if len(infos) > 1 else "1 run"
     print(f"nothing to submit: {why}; blended {what} on their OOF predictions (CV "
@@ -545,17 +554,10 @@ def finish_with_segments(cfg: CFG, run_dir: Path, prep, preps: dict, infos: list
     rows = report_rows(cfg, infos, fitted, None, [], {})
     facts = {**blend_facts(infos, fitted), "filled": [], "submission": sub}
     save_report(cfg, run_dir, infos, fitted, rows, facts, segment_submission.report_md(sub))
-    summary = {"cv_lwlrap": fitted["cv_lwlrap"], **fitted["segment_f1"],
-               "submission": str(run_dir / "submission.csv"), "submission_kind": sub["kind"],
-               "threshold": sub["threshold"], **sub["test"], "seconds": round(time.time() - tic, 1),
-               "tag": run_dir.name, "calibrated": fitted["calibrated"],
-               "weights": {i["name"]: float(w) for i, w in zip(infos, fitted["weights"])},
-               "weaker_runs": facts["weaker"]}
-    runs.update_summary(cfg.work_dir, "ensemble", summary)
-    runs.write_manifest(run_dir, "ensemble", cfg_dict(cfg), inputs, files,
-                        {**summary, "rows": rows}, finished=True)
-    report.main(report.CFG(work_dir=cfg.work_dir))
-    print(render_report(cfg, rows, facts) + segment_submission.report_md(sub))
+    summary = close_run(cfg, run_dir, infos, fitted, inputs, files, rows, facts, tic,
+                        {"submission": str(run_dir / "submission.csv"),
+                         "submission_kind": sub["kind"], "threshold": sub["threshold"],
+                         **sub["test"]}, segment_submission.report_md(sub))
     print(f"submission {run_dir / 'submission.csv'}\nreport     {run_dir / 'report.md'}",
           flush=True)
     return {"summary": summary, "rows": rows, "run_dir": run_dir}

@@ -11,7 +11,6 @@ output for a given spec: every file has its own RNG from SeedSequence([seed, kin
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -25,6 +24,7 @@ import soundfile as sf
 from common.demos import calls as dc
 from common.data import overlap_hit
 from common.demos.rfcx import DemoSpec
+from common.demos import spec_cli
 from common.demos.noise import release_noise_bank
 from common.demos.scene import Scene
 
@@ -158,18 +158,8 @@ def write_birdclef_demo(out_dir, spec: BirdDemoSpec = BirdDemoSpec(), workers: i
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description="Write the BirdCLEF-layout demo dataset.")
-    parser.add_argument("--out", default="data/birdclef_demo")
-    parser.add_argument("--workers", type=int, default=2)
-    for f in dataclasses.fields(BirdDemoSpec):
-        if f.type != "tuple":
-            parser.add_argument(f"--{f.name}", type=type(f.default), default=f.default)
-    args = vars(parser.parse_args(argv))
-    out, workers = args.pop("out"), args.pop("workers")
-    from common.demos import birdclef as demo_birdclef  # workers unpickle common.demos.birdclef, not __main__
-    summary = demo_birdclef.write_birdclef_demo(out, demo_birdclef.BirdDemoSpec(**args), workers)
-    print(f"BirdCLEF demo in {out}: {summary}")
-    return summary
+    return spec_cli(argv, "Write the BirdCLEF-layout demo dataset.", "data/birdclef_demo",
+                    "birdclef", "BirdDemoSpec", "write_birdclef_demo")
 
 
 if __name__ == "__main__":

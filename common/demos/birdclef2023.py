@@ -14,7 +14,6 @@ Kaggle kernel never sees; no download, byte-identical output for a given spec.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 from concurrent.futures import ProcessPoolExecutor
@@ -24,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from common.demos.birdclef import BirdDemoSpec, _clip, _soundscape, label, species_of
+from common.demos import spec_cli
 from common.demos.noise import release_noise_bank
 
 RATINGS = (0.0, 3.0, 3.5, 4.0, 4.5, 5.0)  # 0 = unrated, as iNaturalist clips in 2025
@@ -85,18 +85,9 @@ def write_birdclef2023_demo(out_dir, spec: Bird2023DemoSpec = Bird2023DemoSpec()
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description="Write the BirdCLEF 2023-2025 demo dataset.")
-    parser.add_argument("--out", default="data/birdclef2023_demo")
-    parser.add_argument("--workers", type=int, default=2)
-    for f in dataclasses.fields(Bird2023DemoSpec):
-        if f.type != "tuple":
-            parser.add_argument(f"--{f.name}", type=type(f.default), default=f.default)
-    args = vars(parser.parse_args(argv))
-    out, workers = args.pop("out"), args.pop("workers")
-    from common.demos import birdclef2023 as demo  # workers unpickle the module, not __main__
-    summary = demo.write_birdclef2023_demo(out, demo.Bird2023DemoSpec(**args), workers)
-    print(f"BirdCLEF 2023-2025 demo in {out}: {summary}")
-    return summary
+    return spec_cli(argv, "Write the BirdCLEF 2023-2025 demo dataset.",
+                    "data/birdclef2023_demo", "birdclef2023", "Bird2023DemoSpec",
+                    "write_birdclef2023_demo")
 
 
 if __name__ == "__main__":
