@@ -293,8 +293,12 @@ def main(cfg: CFG) -> dict:
     device = resolve_device(cfg.device)
     src_dir, _, prep, mcfg, folds = open_run(cfg.work_dir, cfg.source, cfg.source_tag)
     n_folds = int(prep.folds["fold"].max()) + 1
-    if cfg.min_votes > len(folds):
-        raise ConfigError(f"min_votes={cfg.min_votes} but {src_dir} has {len(folds)} fold models")
+    if not 1 <= cfg.min_votes <= n_folds:
+        raise ConfigError(f"min_votes={cfg.min_votes}: the votes needed when all {n_folds} fold "
+                          f"models may vote, so 1 to {n_folds}")
+    if len(folds) < n_folds:  # a run of some folds (--folds=0): the votes needed scale with it
+        print(f"{src_dir.name} has {len(folds)} of {n_folds} fold models: a window needs "
+              f"ceil(min_votes x allowed models / {n_folds}) votes", flush=True)
     trained = pd.read_csv(src_dir / "trained_on.csv", dtype={"recording_id": str})
     seen = {f: set(trained.loc[trained["fold"] == f, "recording_id"]) for f in folds}
     annotated = set(prep.annotations["recording_id"])
