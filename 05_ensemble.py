@@ -47,7 +47,7 @@ import pandas as pd
 import torch
 
 from common import (blend, calibration, class_figures, detect, event_rule, heldout, metrics,
-                    paths, plots, report, runs, segment_submission, stage)
+                    paths, plots, prior_term, report, runs, segment_submission, stage)
 from common.cli import ConfigError, cfg_dict, run
 from common.infer import frame_count, predict_frames, resample_frames, resolve_device
 from common.prepared import load_prepared
@@ -75,6 +75,9 @@ class CFG:
     prior_scaling: str = "auto"    # test prior by EM (Saerens 2002) on calibrated scores:
     #   auto (applied only when the skewed-OOF simulation says it helps) | em | none
     #   | path of a CSV with columns class,prior
+    frequency_term: str = "auto"   # weight x log(class share of train recordings) added to the
+    #   blend (common/prior_term.py): auto (weight chosen on the OOF blend; 0 unless it gains;
+    #   replaces the EM prior when on) | none | a number
     infer_stride_seconds: float = 0.0  # test window stride, s; 0 = each run's own OOF stride
     detect: bool = True            # framewise tracks of all test recordings -> detections, Raven
     event_threshold: float = 0.0   # frame probability an event must reach; 0 = chosen with
@@ -152,7 +155,7 @@ def fit_blend(cfg: CFG, infos: list, prep) -> dict:
             info["oof_common_cal"] = metrics.lwlrap(truth, cals[-1])
     plain = weigh(cfg, raws, truth, calibrated=False)
     out = {**plain, "n_common": len(common), "calibrated": False, "common": common,
-           "oof_truth": truth, "cv_uncalibrated": plain["cv_lwlrap"]}
+           "oof_truth": truth, "oof_groups": groups, "cv_uncalibrated": plain["cv_lwlrap"]}
     if cals:
         cal = weigh(cfg, cals, truth, calibrated=True)
         out["cv_calibrated"] = cal["cv_lwlrap"]
@@ -343,7 +346,8 @@ def render_report(cfg: CFG, rows: list, facts: dict) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
     notes = [f"- blend: {cfg.blend}; calibration: {cfg.calibrate} ({facts['calibration_note']}); "
-             f"prior scaling: {cfg.prior_scaling} ({facts.get('prior_note', 'off')})",
+             f"prior scaling: {cfg.prior_scaling} ({facts.get('prior_note', 'off')}); "
+             f"frequency term: {cfg.frequency_term} ({facts.get('frequency_term', {}).get('note', 'off')})",
              f"- oof_common: OOF LWLRAP on the {facts['n_common']} recordings in every run's "
              "oof.csv; oof_calibrated: the same after per-class Platt scaling fitted on the "
              "other folds (the blend's CV uses it); cv_lwlrap of a run: its own metrics.json"]
@@ -384,19 +388,35 @@ def check_cfg(cfg: CFG) -> None:
     if cfg.prior_scaling != "none" and (cfg.calibrate == "false" or cfg.blend == "rank"):
         raise ConfigError(f"prior_scaling={cfg.prior_scaling!r} needs calibrated probabilities: "
                           "use --calibrate=auto|true and blend align or oof, or --prior_scaling=none")
+    if cfg.frequency_term not in ("auto", "none"):
+        try:
+            ok = float(cfg.frequency_term) >= 0
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ConfigError(f"frequency_term={cfg.frequency_term!r}: use auto, none or a "
+                              "weight >= 0 (e.g. 1)")
     if not 0 <= cfg.event_threshold < 1 or cfg.oof_steps < 1:
         raise ConfigError("event_threshold must lie in [0, 1) (0: chosen on OOF recordings) "
                           "and oof_steps be >= 1")
 
 
 def blend_test(cfg: CFG, infos: list, fitted: dict, classes: list) -> dict:
-    """Blended test scores without (`plain`) and with (`scaled`) the test-prior correction,
-    blended probabilities, and the prior facts (estimated next to the training prior)."""
+    """Blended test scores without (`plain`) and with (`scaled`) the correction for class
+    frequencies (the frequency term, or else the EM test prior), blended probabilities, and
+    the facts (the term's OOF choice; the estimated prior next to the training prior)."""
     weights = fitted["weights"]
     plain = blend.blend(cfg.blend, [i["test"] for i in infos], weights,
                         calibrated=fitted["calibrated"])
     out = {"plain": plain, "scaled": plain, "prior_applied": None, "prior_note": "off",
            "probs": blend.weighted_mean([metrics.sigmoid(i["test"]) for i in infos], weights)}
+    term = frequency_term(cfg, fitted)
+    out["term"] = term
+    if term["weight"]:
+        out["scaled"] = prior_term.apply(plain, fitted["oof_truth"], term["weight"])
+        out["prior_applied"] = True
+        out["prior_note"] = "not applied: the frequency term is on"
+        return out
     if cfg.prior_scaling == "none" or not len(plain) or "train_prior" not in fitted:
         return out
     train_prior = fitted["train_prior"]
@@ -416,6 +436,30 @@ def blend_test(cfg: CFG, infos: list, fitted: dict, classes: list) -> dict:
                          f"{sim.get('prior_error', float('nan')):.4f} vs "
                          f"{sim.get('prior_error_train', float('nan')):.4f} for the training prior")
     return out
+
+
+def frequency_term(cfg: CFG, fitted: dict) -> dict:
+    """The frequency term's weight (common/prior_term.py): chosen on the OOF blend (auto),
+    0 (none) or as set; with its OOF LWLRAP, which becomes the blend's CV when it is on."""
+    truth, groups = fitted["oof_truth"], fitted["oof_groups"]
+    if cfg.frequency_term == "none" or not len(truth):
+        return {"weight": 0.0, "note": "off"}
+    weights = prior_term.WEIGHTS if cfg.frequency_term == "auto" else (0.0, float(cfg.frequency_term))
+    term = prior_term.choose(fitted["blended"], truth, groups, weights)
+    if cfg.frequency_term != "auto":
+        term["weight"] = float(cfg.frequency_term)
+    cv = term["cv_by_weight"]
+    if not cv:
+        return {**term, "note": term.get("note", "")}
+    term["note"] = (f"weight {term['weight']:g}{' chosen on OOF' if cfg.frequency_term == 'auto' else ''}: "
+                    f"OOF LWLRAP {cv[0.0]:.4f} without, {cv.get(term['weight'], cv[0.0]):.4f} with; "
+                    f"class shares alone {term['cv_rates_only']:.4f}; by weight "
+                    + ", ".join(f"{w:g} {v:.4f}" for w, v in cv.items()))
+    print(f"frequency term: {term['note']}", flush=True)
+    if term["weight"]:
+        fitted["cv_without_term"] = fitted["cv_lwlrap"]
+        fitted["cv_lwlrap"] = cv[term["weight"]]
+    return term
 
 
 def load_inputs(cfg: CFG) -> tuple:
@@ -450,7 +494,8 @@ def write_outputs(cfg: CFG, run_dir: Path, prep, infos: list, fitted: dict, trac
     runs.save_csv(run_dir / "submission.csv", sub)
     found = prep.test_truth(cfg.input_dir)
     rows = report_rows(cfg, infos, fitted, found, ids, out)
-    facts = {**blend_facts(infos, fitted), "filled": filled, "prior_note": out["prior_note"]}
+    facts = {**blend_facts(infos, fitted), "filled": filled, "prior_note": out["prior_note"],
+             "frequency_term": out["term"]}
     if found is not None:
         facts["test_prevalence_baseline"] = metrics.prevalence_baseline(found[1])
     files = ["submission.csv", "report.md", "report.json"] + \
@@ -606,6 +651,7 @@ def main(cfg: CFG) -> dict:
                "submission": str(run_dir / "submission.csv"),
                "seconds": round(time.time() - tic, 1), "tag": run_dir.name,
                "calibrated": fitted["calibrated"], "prior": facts["prior_note"],
+               "frequency_term": {k: facts["frequency_term"][k] for k in ("weight", "note")},
                "weights": {i["name"]: float(w) for i, w in zip(infos, fitted["weights"])},
                "weaker_runs": facts["weaker"]}
     if facts.get("event_f1"):

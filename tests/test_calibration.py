@@ -83,3 +83,38 @@ def test_simulation_reports_prior_error_and_recovered_lwlrap():
     assert judged["best"] != "raw"
     tiny = calibration.simulate_shift(logits[:5], truth[:5])
     assert tiny["apply"] is False and tiny["draws"] == 0
+
+
+# ----------------------------------------------------------------------------- frequency term
+def test_frequency_term_rates_are_cross_fitted_by_fold():
+    from common import prior_term
+    truth = np.array([[1, 0], [1, 0], [0, 1], [1, 1]])
+    groups = np.array([0, 0, 1, 1])
+    term = prior_term.cross_fitted(truth, groups)
+    # fold 0 rows see fold 1's rows only: class 0 in 1 of 2, class 1 in 2 of 2 (add-one)
+    assert np.allclose(term[:2], np.log([[2 / 4, 3 / 4]] * 2))
+    # fold 1 rows see fold 0's: class 0 in 2 of 2, class 1 in 0 of 2
+    assert np.allclose(term[2:], np.log([[3 / 4, 1 / 4]] * 2))
+    assert np.allclose(prior_term.log_rates(truth), np.log([4 / 6, 3 / 6]))
+
+
+def test_frequency_term_is_chosen_only_where_it_lifts_oof_lwlrap():
+    """Skewed classes and a weak model: the class shares carry most of the ranking, so a
+    weight > 0 is chosen, and the scores it adds lift the OOF LWLRAP. A strong model on
+    uniform classes keeps weight 0."""
+    from common import prior_term
+    rng = np.random.default_rng(1)
+    n, k = 600, 8
+    rates = np.array([0.6, 0.3, 0.15, 0.08, 0.04, 0.03, 0.02, 0.01])
+    truth = (rng.random((n, k)) < rates).astype(int)
+    groups = np.arange(n) % 3
+    weak = truth * 0.5 + rng.normal(0, 1.0, (n, k))
+    got = prior_term.choose(weak, truth, groups)
+    assert got["weight"] > 0
+    assert got["cv_by_weight"][got["weight"]] > got["cv_by_weight"][0.0] + 0.02
+    lifted = prior_term.apply(weak, truth, got["weight"])
+    assert metrics.lwlrap(truth, lifted) > metrics.lwlrap(truth, weak)
+    flat = (rng.random((n, k)) < 0.2).astype(int)
+    strong = flat * 4.0 + rng.normal(0, 0.5, (n, k))
+    assert prior_term.choose(strong, flat, groups)["weight"] == 0.0
+    assert np.array_equal(prior_term.apply(strong, flat, 0.0), strong)

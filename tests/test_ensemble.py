@@ -12,7 +12,9 @@ import torch
 from torch import nn
 
 from common import blend, detect, metrics, runs
+from common.cli import ConfigError
 from common.infer import frame_count, predict_frames, predict_recordings
+from common.prepared import load_prepared
 from tests.conftest import ArrayCache
 
 CLASSES = ["s0", "s1", "s2"]
@@ -286,7 +288,7 @@ def test_ensemble_end_to_end(tmp_path, scripts):
     ens = scripts("05_ensemble")
     cfg = ens.CFG(input_dir=str(data), work_dir=str(work), tag="e0", n_pictures=2,
                   prior_scaling="em", calibrate="true", event_threshold=0.3, min_event_seconds=0.0,
-                  infer_batch=4)
+                  infer_batch=4, frequency_term="none")
     out = ens.main(cfg)
     run_dir = work / "ensemble" / "e0"
     sub = pd.read_csv(run_dir / "submission.csv", dtype={"recording_id": str})
@@ -310,6 +312,32 @@ def test_ensemble_end_to_end(tmp_path, scripts):
     assert (run_dir / "test_stage1_r0.csv").is_file()
     assert "| blend (align)" in (run_dir / "report.md").read_text()
     assert out["rows"][-1]["test_lwlrap"] == pytest.approx(summary["test_lwlrap_no_prior"])
+
+
+def test_frequency_term_is_added_to_the_submission_and_named(tmp_path, scripts):
+    """frequency_term=1: the submission is the blend plus log(add-one share of OOF recordings
+    with a TP row) per class; the EM prior is then not applied, the report and summary say so,
+    and the summary's test figure is the corrected one."""
+    from common import prior_term
+    work, data = fake_work_dir(tmp_path)
+    ens = scripts("05_ensemble")
+    cfg = ens.CFG(input_dir=str(data), work_dir=str(work), tag="f1", n_pictures=0, detect=False,
+                  prior_scaling="none", calibrate="false", frequency_term="1", infer_batch=4)
+    out = ens.main(cfg)
+    run_dir = work / "ensemble" / "f1"
+    sub = pd.read_csv(run_dir / "submission.csv", dtype={"recording_id": str}).set_index("recording_id")
+    plain = pd.read_csv(run_dir / "test_stage1_r0.csv", dtype={"recording_id": str}).set_index("recording_id")
+    prep = load_prepared(str(work), "p0")
+    oof_ids = sorted(pd.read_csv(work / "stage1" / "r0" / "oof.csv", dtype=str)["recording_id"])
+    expected = blend.standardise(plain[CLASSES].to_numpy()) + prior_term.log_rates(prep.tp_matrix(oof_ids))
+    assert np.allclose(sub.loc[plain.index, CLASSES].to_numpy(), expected, atol=1e-5)
+    assert not (run_dir / "priors.csv").exists()
+    summary = json.loads((work / "summary.json").read_text())["ensemble"]
+    assert summary["frequency_term"]["weight"] == 1.0
+    assert summary["test_lwlrap"] == pytest.approx(out["rows"][-1]["test_lwlrap_prior"])
+    assert "frequency term: 1 (weight 1:" in (run_dir / "report.md").read_text()
+    with pytest.raises(ConfigError, match="frequency_term"):
+        ens.main(ens.CFG(input_dir=str(data), work_dir=str(work), frequency_term="strong"))
 
 
 def test_event_rule_is_chosen_on_oof_recordings(tmp_path, scripts):
