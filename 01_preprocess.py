@@ -12,8 +12,9 @@ Reads  INPUT_DIR in one of the input layouts (common/layouts/), found by what it
        is generated on first use (no download; data/birdclef_demo likewise).
 Writes WORK_DIR/preprocess/<tag>/: waves/<recording_id>.npy (float16 at `sample_rate`),
        recordings.csv, annotations.csv, folds.csv, classes.json (classes, sample rate,
-       label_unit), report.json, manifest.json; test_truth.csv (clip labels) and
-       test_events.csv (class, t_min, t_max) when the test recordings have truth;
+       label_unit, the species of each class), report.json, manifest.json; test_truth.csv
+       (clip labels, per species) and test_events.csv (class, t_min, t_max) when the test
+       recordings have truth;
        soundscapes.csv (labelled 5 s segments of clip data, never in a fold);
        test_segments.csv (row_id, recording_id, t_min, t_max: the 5 s segments of the test
        soundscapes a BirdCLEF submission has a row for).
@@ -31,6 +32,7 @@ Examples:
     python 01_preprocess.py --cfg_file=profiles/birdclef2023_demo.json  # BirdCLEF 2023-2025 demo
     python 01_preprocess.py --input_dir=/kaggle/input/birdclef-2025 --min_rating=3
     python 01_preprocess.py --input_dir=/data/rfcx --sample_rate=32000 --workers=8
+    python 01_preprocess.py --input_dir=/data/rfcx --classes=species_songtype  # 26 classes
     python 01_preprocess.py --input_dir=my_raven_project --fully_annotated=true --label_column=Species
     python 01_preprocess.py --input_dir=bats --boxes_file=boxes.csv --test_fraction=0.3
     python 01_preprocess.py --tag=rfcx --shard=0/4   # machine 0 of 4, then, all shards in place:
@@ -51,6 +53,7 @@ from tqdm.auto import tqdm
 
 from common import audio, data, layouts, paths, runs, shards
 from common.cli import cfg_dict, run
+from common.species import SpeciesMap
 
 
 LONG_FACTOR = 4  # a recording this many times longer than the median is flagged in report.json
@@ -77,6 +80,9 @@ class CFG:
                                # unrated clips, rating 0, are kept); 0 = keep all
     # input layout (common/layouts/)
     layout: str = "auto"       # auto | birdclef2023 | birdclef2021 | rfcx | raven | boxes
+    classes: str = "species"   # species: one class per submission column | species_songtype
+                               # (RFCx): one per (species, songtype) pair of the TP/FP tables,
+                               # scored and submitted per species (max over its song types)
     boxes_file: str = ""       # box table below input_dir; "" = the one CSV/TSV with box columns
     file_column: str = "audio_file|filename|file"   # box columns: accepted names, | separated,
     start_column: str = "start_time|start"          # exact first, then any case
@@ -241,8 +247,12 @@ def write_tables(run_dir: Path, cfg: CFG, inputs, ok: pd.DataFrame, ann: pd.Data
                  truth, events) -> list[str]:
     """recordings, annotations, folds, test truth, soundscapes, classes.json; their names."""
     train_ids = set(ok.loc[ok["split"] == "train", "recording_id"])  # never soundscapes
-    folds = data.make_folds(ann[ann["recording_id"].isin(train_ids)], inputs.classes,
-                            cfg.n_folds, cfg.seed)
+    # stratified by species: song-type classes split recordings into the same folds as
+    # classes=species, so the CV of the two compares on the same validation recordings
+    species = SpeciesMap(inputs.classes, inputs.species_of)
+    by_species = ann.assign(**{"class": ann["class"].map(species.species)})
+    folds = data.make_folds(by_species[by_species["recording_id"].isin(train_ids)],
+                            species.columns, cfg.n_folds, cfg.seed)
     recordings = ok.assign(path=[str(Path(p).resolve()) for p in ok["path"]])  # the source file
     columns = ["recording_id", "split", "duration", "n_samples", "source_sr", "channels", "path"]
     runs.save_csv(run_dir / "recordings.csv", recordings[columns])
@@ -264,12 +274,13 @@ def write_tables(run_dir: Path, cfg: CFG, inputs, ok: pd.DataFrame, ann: pd.Data
     runs.save_json(run_dir / "classes.json", {
         "classes": inputs.classes, "sample_rate": cfg.sample_rate,
         "label_unit": inputs.label_unit, "layout": inputs.layout,
-        "submission": inputs.submission})
+        "submission": inputs.submission, **species.to_json()})
     return written
 
 
 def main(cfg: CFG) -> Path:
     tic = time.time()
+    layouts.check_classes(cfg)  # before the demo is written
     ensure_demo(cfg)
     input_dir = Path(cfg.input_dir)
     inputs = layouts.read(input_dir, cfg)  # validates the tables before any decoding

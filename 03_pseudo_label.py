@@ -209,10 +209,11 @@ def agreement(table: pd.DataFrame, ann: pd.DataFrame, label: int, min_overlap: f
 
 
 def precision_vs_events(table: pd.DataFrame, input_dir, n_folds: int,
-                        min_overlap: float = 0.5) -> dict | None:
+                        min_overlap: float = 0.5, species_of=str) -> dict | None:
     """Demo only (INPUT_DIR/demo_events.csv lists every call placed): the share of pseudo
-    positives with a call of their species in the window, for windows voted on by every fold
-    model (`all_models`, the test recordings) and by fewer (`fewer_models`)."""
+    positives with a call of their species (`species_of(class)`, common/species.py) in the
+    window, for windows voted on by every fold model (`all_models`, the test recordings) and
+    by fewer (`fewer_models`)."""
     path = Path(input_dir) / "demo_events.csv"
     if not path.is_file():
         return None
@@ -220,7 +221,8 @@ def precision_vs_events(table: pd.DataFrame, input_dir, n_folds: int,
     calls = events[events["kind"] == "call"]
     calls = calls.assign(**{"class": "s" + calls["species_id"].astype(str)})
     pos = table[table["label"] > 0]
-    _, right = match_events(calls, pos, min_overlap)
+    by_species = pos.assign(**{"class": pos["class"].map(species_of)})
+    _, right = match_events(calls, by_species, min_overlap)
     full = (pos["n_models"] == n_folds).to_numpy()
     return {name: {"windows": int(mask.sum()),
                    "precision": float(right[mask].mean()) if mask.any() else None}
@@ -253,15 +255,16 @@ def summarise(cfg, prep, table, probs, plan, n_folds: int, thresholds: pd.DataFr
            "positives_on": positives_on(pos, prep)}
     found = prep.test_truth(cfg.input_dir)
     if found is not None:  # demo: recording-level quality of the test pseudo positives
-        ids, truth = found
-        pred = np.zeros_like(truth)
+        ids, truth = found  # per species
+        pred = np.zeros((len(ids), len(prep.classes)), np.float32)
         index = {c: i for i, c in enumerate(prep.classes)}
         row = {rid: i for i, rid in enumerate(ids)}
         for rid, cls in zip(pos["recording_id"], pos["class"]):
             if rid in row:
                 pred[row[rid], index[cls]] = 1
-        out["test_recording_f1"] = metrics.f1_at(truth, pred, 0.5)
-    checked = precision_vs_events(table, cfg.input_dir, n_folds, cfg.min_overlap)
+        out["test_recording_f1"] = metrics.f1_at(truth, prep.species.to_species(pred), 0.5)
+    checked = precision_vs_events(table, cfg.input_dir, n_folds, cfg.min_overlap,
+                                  prep.species.species)
     if checked is not None:
         out["precision_vs_events"] = checked
     return out, thresholds

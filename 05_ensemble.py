@@ -13,7 +13,11 @@ estimated by EM (Saerens et al. 2002) on the calibrated blend and applied when a
 on skewed resamples of the OOF recordings says it helps (`prior_scaling=auto`); priors.csv
 lists it next to the training prior. A run whose CV is below the best run's is named in
 the report. The framewise outputs (mean over folds and runs, on the first run's frame
-grid) give the event table and Raven selection tables.
+grid) give the event table and Raven selection tables (per class, with its species).
+Calibration, the prior and the blend work on the model's classes; the submission (the
+sample's columns, in its order), the CV and test figures, per-species AP and pictures are per
+species: with RFCx song-type classes (01's classes=species_songtype) a species' score is the
+max over its classes (common/species.py).
 BirdCLEF layouts with test soundscapes submit a row per 5 s segment instead
 (common/segment_submission.py: `row_id,birds` for 2021 with the threshold chosen on held-out
 segments' F1, one probability column per class for 2023-2025), shape-checked.
@@ -138,28 +142,31 @@ def fit_blend(cfg: CFG, infos: list, prep) -> dict:
     """Per run: its calibrator (fitted on all its OOF) and cross-fitted calibrated OOF logits
     (each fold calibrated by the other folds: an honest CV). Then run weights (fitted for
     `oof`, else equal), the blend's OOF LWLRAP on the recordings common to every run's
-    oof.csv, and the skewed-prior simulation that decides the EM prior correction."""
+    oof.csv, and the skewed-prior simulation that decides the EM prior correction. Scores
+    are per class (what calibration and the prior fit), every LWLRAP per species (prep.species)."""
     common = sorted(set.intersection(*(set(i["oof"].index) for i in infos)))
-    truth = prep.tp_matrix(common)
+    truth, species = prep.tp_matrix(common), prep.species
     fold_of = dict(zip(prep.folds["recording_id"], prep.folds["fold"]))
     groups = np.array([fold_of.get(r, -1) for r in common])
     raws, cals = [], []
     for info in infos:
         raw = info["oof"].loc[common, prep.classes].to_numpy(np.float64)
-        info["oof_common"] = metrics.lwlrap(truth, raw) if common else float("nan")
+        info["oof_common"] = species.lwlrap(truth, raw) if common else float("nan")
         raws.append(raw)
         if cfg.calibrate != "false" and truth.any():
             own = info["oof"][prep.classes].to_numpy(np.float64)
             info["calibrator"] = calibration.fit(own, prep.tp_matrix(list(info["oof"].index)))
             cals.append(calibration.cross_fit(raw, truth, groups))
-            info["oof_common_cal"] = metrics.lwlrap(truth, cals[-1])
-    plain = weigh(cfg, raws, truth, calibrated=False)
+            info["oof_common_cal"] = species.lwlrap(truth, cals[-1])
+    plain = weigh(cfg, raws, truth, species, calibrated=False)
     out = {**plain, "n_common": len(common), "calibrated": False, "common": common,
-           "oof_truth": truth, "oof_groups": groups, "cv_uncalibrated": plain["cv_lwlrap"]}
+           "oof_truth": truth, "oof_groups": groups, "oof_found": (common, species.to_species(truth)) if common else None,
+           "cv_uncalibrated": plain["cv_lwlrap"]}
     if cals:
-        cal = weigh(cfg, cals, truth, calibrated=True)
+        cal = weigh(cfg, cals, truth, species, calibrated=True)
         out["cv_calibrated"] = cal["cv_lwlrap"]
-        sim = calibration.simulate_shift(cal["blended"], truth, raw_logits=plain["blended"])
+        sim = calibration.simulate_shift(cal["blended"], truth, raw_logits=plain["blended"],
+                                         to_species=species.to_species)
         out["shift_simulation"] = sim
         if cfg.calibrate == "true" or sim.get("best", "raw") != "raw":
             out.update(cal, calibrated=True, train_prior=metrics.sigmoid(cal["blended"]).mean(axis=0))
@@ -169,16 +176,18 @@ def fit_blend(cfg: CFG, infos: list, prep) -> dict:
     return out
 
 
-def weigh(cfg: CFG, oofs: list, truth: np.ndarray, calibrated: bool) -> dict:
-    """Run weights (fitted for `oof`, else equal), the blended OOF logits and their LWLRAP."""
+def weigh(cfg: CFG, oofs: list, truth: np.ndarray, species, calibrated: bool) -> dict:
+    """Run weights (fitted for `oof`, else equal), the blended OOF logits (per class) and
+    their LWLRAP (per species: `species`, a common.species.SpeciesMap)."""
     weights = np.full(len(oofs), 1.0 / len(oofs))
     if cfg.blend == "oof":
         if not truth.any():
             raise ConfigError("blend=oof: no OOF recording with a TP label is common to all runs; "
                               "use --blend=align")
-        weights, _ = blend.fit_oof_weights(oofs, truth, cfg.oof_steps, calibrated=calibrated)
+        weights, _ = blend.fit_oof_weights(oofs, truth, cfg.oof_steps, calibrated=calibrated,
+                                           to_species=species.to_species)
     blended = blend.blend(cfg.blend, oofs, weights, calibrated=calibrated)
-    cv = metrics.lwlrap(truth, blended) if len(truth) else float("nan")
+    cv = species.lwlrap(truth, blended) if len(truth) else float("nan")
     return {"weights": weights, "blended": blended, "cv_lwlrap": cv}
 
 
@@ -235,16 +244,18 @@ def infer_run(cfg: CFG, info: dict, prep, ids: list, scored: dict, grid: dict,
 
 
 # ----------------------------------------------------------------------------- scoring
-def score_test(found, ids: list, scores: np.ndarray, probs: np.ndarray | None = None) -> dict:
-    """Test LWLRAP (and F1@0.5 of `probs`) where test truth exists (the demo), else {}."""
+def score_test(found, ids: list, scores: np.ndarray, probs: np.ndarray | None = None,
+               to_species=np.asarray) -> dict:
+    """Test LWLRAP (and F1@0.5 of `probs`) where test truth exists (the demo), else {}; the
+    truth is per species, `scores` and `probs` per class (mapped by `to_species`)."""
     if found is None:
         return {}
     truth_ids, truth = found
     order = {rid: i for i, rid in enumerate(ids)}
     rows = [order[r] for r in truth_ids]
-    out = {"test_lwlrap": metrics.lwlrap(truth, scores[rows])}
+    out = {"test_lwlrap": metrics.lwlrap(truth, to_species(scores[rows]))}
     if probs is not None:
-        out["test_f1"] = metrics.f1_at(truth, probs[rows])["f1"]
+        out["test_f1"] = metrics.f1_at(truth, to_species(probs[rows]))["f1"]
     return out
 
 
@@ -269,7 +280,7 @@ def event_rule_of(cfg: CFG, infos: list, prep, preps: dict, weights, hop: int, d
 def write_detections(cfg: CFG, run_dir: Path, tracks: dict, prep, grid: dict) -> pd.DataFrame:
     rule = grid["event_rule"]
     table = detect.detection_table(tracks, prep.classes, grid["hop_s"], rule["threshold"],
-                                   rule["min_seconds"], prep.durations)
+                                   rule["min_seconds"], prep.durations, prep.species.of_class)
     if "grid" in rule:
         runs.save_csv(run_dir / "event_rule_oof.csv", rule["grid"])
     runs.save_csv(run_dir / "detections.csv", table)
@@ -281,19 +292,22 @@ def write_detections(cfg: CFG, run_dir: Path, tracks: dict, prep, grid: dict) ->
 def write_pictures(cfg: CFG, run_dir: Path, prep, infos: list, tracks: dict, pic_ids: list,
                    found, blend_scores: np.ndarray, ids: list, weights,
                    truth_what: str = "test truth", event_threshold: float = 0.5) -> list:
+    """Per recording its spectrogram and species tracks; per-species AP of `blend_scores`
+    (per class) against `found` (ids, per-species truth); the blend weights."""
     out, mcfg = [], {**infos[0]["mcfg"], "sample_rate": prep.sample_rate}
     truth = dict(zip(found[0], found[1])) if found is not None else {}
+    species, to_species = prep.species.columns, prep.species.to_species
     for rid in pic_ids:
         spec = plots.mel_db(prep.cache.get(rid), mcfg)
-        names = [c for c, v in zip(prep.classes, truth[rid]) if v > 0] if rid in truth else None
+        names = [c for c, v in zip(species, truth[rid]) if v > 0] if rid in truth else None
         out.append(plots.recording_picture(
-            run_dir / "pictures" / f"{rid}.png", spec, tracks[rid],
-            mcfg["hop_length"] / prep.sample_rate, prep.classes, mcfg["fmin"], mcfg["fmax"],
+            run_dir / "pictures" / f"{rid}.png", spec, to_species(tracks[rid]),
+            mcfg["hop_length"] / prep.sample_rate, species, mcfg["fmin"], mcfg["fmax"],
             cfg.top_species, names, event_threshold, title=f"{rid} ({cfg.blend} blend)"))
     if found is not None:
         order = {rid: i for i, rid in enumerate(ids)}
-        ap = metrics.per_class_ap(found[1], blend_scores[[order[r] for r in found[0]]])
-        out.append(plots.bar_chart(run_dir / "pictures" / "species_ap.png", prep.classes, ap,
+        ap = metrics.per_class_ap(found[1], to_species(blend_scores[[order[r] for r in found[0]]]))
+        out.append(plots.bar_chart(run_dir / "pictures" / "species_ap.png", species, ap,
                                    f"per-species AP of the blend ({truth_what})", "AP", (0, 1.1)))
     out.append(plots.bar_chart(run_dir / "pictures" / "blend_weights.png",
                                [i["name"] for i in infos], weights, f"blend weights ({cfg.blend})",
@@ -302,7 +316,12 @@ def write_pictures(cfg: CFG, run_dir: Path, prep, infos: list, tracks: dict, pic
 
 
 # ----------------------------------------------------------------------------- report
-def report_rows(cfg: CFG, infos: list, fitted: dict, found, ids: list, out: dict) -> list:
+def report_rows(cfg: CFG, infos: list, fitted: dict, found, ids: list, out: dict,
+                to_species=np.asarray) -> list:
+    """Per run and for the blend: CV figures, and test figures per species where `found`."""
+    def score(scores, probs=None):
+        return score_test(found, ids, scores, probs, to_species)
+
     rows = []
     for info, w in zip(infos, fitted["weights"]):
         row = {"run": info["name"], "backbone": info["mcfg"]["backbone"],
@@ -311,9 +330,9 @@ def report_rows(cfg: CFG, infos: list, fitted: dict, found, ids: list, out: dict
                "oof_common": info["oof_common"], "oof_calibrated": info.get("oof_common_cal"),
                **info["segment_f1"]}
         if found is not None:
-            row.update(score_test(found, ids, info["test_raw"], metrics.sigmoid(info["test"])))
+            row.update(score(info["test_raw"], metrics.sigmoid(info["test"])))
         if "calibrator" in info and found is not None:
-            row["test_lwlrap_calibrated"] = score_test(found, ids, info["test"])["test_lwlrap"]
+            row["test_lwlrap_calibrated"] = score(info["test"])["test_lwlrap"]
         rows.append(row)
     row = {"run": f"blend ({cfg.blend})", "weight": 1.0, "resolution": "",
            "backbone": "+".join(sorted({r["backbone"] for r in rows})),
@@ -321,9 +340,9 @@ def report_rows(cfg: CFG, infos: list, fitted: dict, found, ids: list, out: dict
            "cv_lwlrap": fitted["cv_lwlrap"], "oof_common": fitted["cv_lwlrap"],
            **fitted["segment_f1"]}
     if found is not None:
-        row.update(score_test(found, ids, out["plain"], out["probs"]))
+        row.update(score(out["plain"], out["probs"]))
     if out.get("prior_applied") is not None and found is not None:
-        row["test_lwlrap_prior"] = score_test(found, ids, out["scaled"])["test_lwlrap"]
+        row["test_lwlrap_prior"] = score(out["scaled"])["test_lwlrap"]
     return rows + [row]
 
 
@@ -401,7 +420,7 @@ def check_cfg(cfg: CFG) -> None:
                           "and oof_steps be >= 1")
 
 
-def blend_test(cfg: CFG, infos: list, fitted: dict, classes: list) -> dict:
+def blend_test(cfg: CFG, infos: list, fitted: dict, classes: list, score=metrics.lwlrap) -> dict:
     """Blended test scores without (`plain`) and with (`scaled`) the correction for class
     frequencies (the frequency term, or else the EM test prior), blended probabilities, and
     the facts (the term's OOF choice; the estimated prior next to the training prior)."""
@@ -410,7 +429,7 @@ def blend_test(cfg: CFG, infos: list, fitted: dict, classes: list) -> dict:
                         calibrated=fitted["calibrated"])
     out = {"plain": plain, "scaled": plain, "prior_applied": None, "prior_note": "off",
            "probs": blend.weighted_mean([metrics.sigmoid(i["test"]) for i in infos], weights)}
-    term = frequency_term(cfg, fitted)
+    term = frequency_term(cfg, fitted, score)
     out["term"] = term
     if term["weight"]:
         out["scaled"] = prior_term.apply(plain, fitted["oof_truth"], term["weight"])
@@ -438,14 +457,15 @@ def blend_test(cfg: CFG, infos: list, fitted: dict, classes: list) -> dict:
     return out
 
 
-def frequency_term(cfg: CFG, fitted: dict) -> dict:
+def frequency_term(cfg: CFG, fitted: dict, score=metrics.lwlrap) -> dict:
     """The frequency term's weight (common/prior_term.py): chosen on the OOF blend (auto),
-    0 (none) or as set; with its OOF LWLRAP, which becomes the blend's CV when it is on."""
+    0 (none) or as set; with its OOF LWLRAP (`score(truth, scores)` of per-class arrays, per
+    species), which becomes the blend's CV when it is on."""
     truth, groups = fitted["oof_truth"], fitted["oof_groups"]
     if cfg.frequency_term == "none" or not len(truth):
         return {"weight": 0.0, "note": "off"}
     weights = prior_term.WEIGHTS if cfg.frequency_term == "auto" else (0.0, float(cfg.frequency_term))
-    term = prior_term.choose(fitted["blended"], truth, groups, weights)
+    term = prior_term.choose(fitted["blended"], truth, groups, weights, score)
     if cfg.frequency_term != "auto":
         term["weight"] = float(cfg.frequency_term)
     cv = term["cv_by_weight"]
@@ -479,7 +499,7 @@ def write_outputs(cfg: CFG, run_dir: Path, prep, infos: list, fitted: dict, trac
                   grid: dict) -> tuple:
     """Submission, detections, pictures, report; returns (report rows, facts, files)."""
     ids = prep.ids("test")
-    out = blend_test(cfg, infos, fitted, prep.classes)
+    out = blend_test(cfg, infos, fitted, prep.classes, prep.species.lwlrap)
     final = out["scaled"]
     if "priors" in out:
         runs.save_csv(run_dir / "priors.csv", out["priors"])
@@ -488,12 +508,13 @@ def write_outputs(cfg: CFG, run_dir: Path, prep, infos: list, fitted: dict, trac
             f"{c} {t:.3f}/{p:.3f}" for c, t, p in zip(top["class"], top["test_prior"],
                                                       top["train_prior"])), flush=True)
         print(f"prior correction: {out['prior_note']}", flush=True)
-    sample = blend.read_sample(Path(cfg.input_dir) / "sample_submission.csv", ids, prep.classes)
-    sub, filled = blend.make_submission(ids, final, prep.classes, sample)
+    species = prep.species  # the submission's columns: max over each species' classes
+    sample = blend.read_sample(Path(cfg.input_dir) / "sample_submission.csv", ids, species.columns)
+    sub, filled = blend.make_submission(ids, species.to_species(final), species.columns, sample)
     blend.check_submission(sub, sample)
     runs.save_csv(run_dir / "submission.csv", sub)
     found = prep.test_truth(cfg.input_dir)
-    rows = report_rows(cfg, infos, fitted, found, ids, out)
+    rows = report_rows(cfg, infos, fitted, found, ids, out, species.to_species)
     facts = {**blend_facts(infos, fitted), "filled": filled, "prior_note": out["prior_note"],
              "frequency_term": out["term"]}
     if found is not None:
@@ -565,7 +586,7 @@ def finish_without_test(cfg: CFG, run_dir: Path, prep, preps: dict, infos: list,
     pic_ids = heldout.pick_recordings(infos, cfg.n_pictures)
     tracks = heldout.heldout_tracks(infos, prep, preps, pic_ids, weights,
                                     infos[0]["mcfg"]["hop_length"], device)
-    found = (fitted["common"], fitted["oof_truth"]) if fitted["common"] else None
+    found = fitted["oof_found"]
     files = ["report.md", "report.json"] + write_pictures(
         cfg, run_dir, prep, infos, tracks, pic_ids, found, fitted["blended"], fitted["common"],
         fitted["weights"], truth_what="OOF recordings, TP labels")
@@ -592,7 +613,7 @@ def finish_with_segments(cfg: CFG, run_dir: Path, prep, preps: dict, infos: list
     pic_ids = heldout.pick_recordings(infos, cfg.n_pictures)
     tracks = heldout.heldout_tracks(infos, prep, preps, pic_ids, weights,
                                     infos[0]["mcfg"]["hop_length"], device)
-    found = (fitted["common"], fitted["oof_truth"]) if fitted["common"] else None
+    found = fitted["oof_found"]
     files = ["submission.csv", "test_segments_pred.csv", "report.md", "report.json"] + \
         write_pictures(cfg, run_dir, prep, infos, tracks, pic_ids, found, fitted["blended"],
                        fitted["common"], fitted["weights"], "OOF recordings, TP labels")

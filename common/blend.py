@@ -83,9 +83,10 @@ def simplex_grid(m: int, steps: int) -> np.ndarray:
     return np.stack(out)
 
 
-def fit_oof_weights(oofs: list, truth: np.ndarray, steps: int = 10,
-                    max_grid: int = 3000, calibrated: bool = False) -> tuple[np.ndarray, float]:
-    """Weights (M,) >= 0 summing to 1 maximising the LWLRAP of blend('oof', oofs, w).
+def fit_oof_weights(oofs: list, truth: np.ndarray, steps: int = 10, max_grid: int = 3000,
+                    calibrated: bool = False, to_species=None) -> tuple[np.ndarray, float]:
+    """Weights (M,) >= 0 summing to 1 maximising the LWLRAP of blend('oof', oofs, w), per
+    species where `to_species` (common/species.py) maps the (N, K) classes to them.
 
     A full simplex grid (step 1/steps) when it has at most `max_grid` points, else a
     coordinate search (move weight between pairs of runs, shrinking the step) started from
@@ -93,8 +94,10 @@ def fit_oof_weights(oofs: list, truth: np.ndarray, steps: int = 10,
     so the result is never below the best single run on these OOF predictions.
     """
     z = np.stack([_identity(o) if calibrated else standardise(o) for o in oofs])  # (M, N, K)
-    fast = lambda w: fast_lwlrap(truth, np.tensordot(w, z, axes=1))  # noqa: E731
-    exact = lambda w: metrics.lwlrap(truth, np.tensordot(w, z, axes=1))  # noqa: E731
+    to_species = to_species or _identity
+    truth = to_species(truth)
+    fast = lambda w: fast_lwlrap(truth, to_species(np.tensordot(w, z, axes=1)))  # noqa: E731
+    exact = lambda w: metrics.lwlrap(truth, to_species(np.tensordot(w, z, axes=1)))  # noqa: E731
     m = len(oofs)
     singles = list(np.eye(m))
     if math.comb(steps + m - 1, m - 1) <= max_grid:

@@ -108,13 +108,15 @@ def shift_logits(logits: np.ndarray, train_prior: np.ndarray, test_prior: np.nda
 
 
 def simulate_shift(cal_logits: np.ndarray, truth: np.ndarray, draws: int = 20,
-                   spread: float = 1.0, seed: int = 0, raw_logits: np.ndarray | None = None) -> dict:
+                   spread: float = 1.0, seed: int = 0, raw_logits: np.ndarray | None = None,
+                   to_species=None) -> dict:
     """Resample calibrated OOF predictions to skewed priors; per draw, estimate the prior by
     EM and score LWLRAP with no correction, the EM correction and the oracle (the draw's true
     prior). Recordings are drawn with weight exp(sum_k y_k g_k), g_k ~ N(0, spread^2): each
     draw makes some classes far more common and others rarer, as RFCx's test set is skewed
     against its TP rows. With `raw_logits` (the uncalibrated scores of the same recordings)
     the draws also score them (`raw`), so calibration itself is judged under skew too.
+    LWLRAP is per species where `to_species` (common/species.py) maps the classes to them.
     Returns mean figures, the gain of EM over none and the best of raw / none / em."""
     rng = np.random.default_rng(seed)
     truth = (np.asarray(truth) > 0).astype(np.float64)
@@ -125,6 +127,8 @@ def simulate_shift(cal_logits: np.ndarray, truth: np.ndarray, draws: int = 20,
     if n < 10:
         return {"draws": 0, "apply": False, "reason": f"{n} OOF recordings with a label"}
     train_prior = np.clip(metrics.sigmoid(z).mean(axis=0), EPS, 1 - EPS)
+    to_species = to_species or np.asarray
+    score = lambda y, s: metrics.lwlrap(to_species(y), to_species(s))  # noqa: E731
     rows = []
     for _ in range(draws):
         g = rng.normal(0.0, spread, y.shape[1])
@@ -134,12 +138,12 @@ def simulate_shift(cal_logits: np.ndarray, truth: np.ndarray, draws: int = 20,
         true_prior = np.clip(ys.mean(axis=0), EPS, 1 - EPS)
         est = em_prior(metrics.sigmoid(zs), train_prior)
         rows.append({
-            "none": metrics.lwlrap(ys, zs),
-            "em": metrics.lwlrap(ys, shift_logits(zs, train_prior, est)),
-            "oracle": metrics.lwlrap(ys, shift_logits(zs, train_prior, true_prior)),
+            "none": score(ys, zs),
+            "em": score(ys, shift_logits(zs, train_prior, est)),
+            "oracle": score(ys, shift_logits(zs, train_prior, true_prior)),
             "prior_error": float(np.abs(est - true_prior).mean()),
             "prior_error_train": float(np.abs(train_prior - true_prior).mean()),
-            **({} if raw is None else {"raw": metrics.lwlrap(ys, raw[idx])})})
+            **({} if raw is None else {"raw": score(ys, raw[idx])})})
     mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
     mean["em_gain"] = mean["em"] - mean["none"]
     mean["draws"] = draws

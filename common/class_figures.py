@@ -8,6 +8,10 @@ every class AP, ROC-AUC and precision / recall / F1 over a grid of thresholds, a
     event      detections (05's event table) matched one to one to the annotated events of the
                same recording and class by time IoU >= `iou` (greedy, best IoU first)
 
+"Class" here is a submission column: the species (common/species.py). Where the model's
+classes split a species (RFCx song types), its scores and frame tracks are the max over its
+classes and a detection counts for its species.
+
 Written by 05 into the ensemble run: per_class.csv (one row per level and class),
 per_class_thresholds.csv (level, class, threshold, precision, recall, f1, tp, fp, fn),
 detections_all.csv (every detection with the recording's source file) and a markdown
@@ -115,13 +119,15 @@ def rule_name(rule: str, iou: float) -> str:
 
 
 def event_matches(events: pd.DataFrame, detections: pd.DataFrame, iou: float = IOU,
-                  rule: str = "iou") -> pd.DataFrame:
+                  rule: str = "iou", key: str = "species") -> pd.DataFrame:
     """Per class: annotated events, detections, matched pairs (one to one, best match first:
     by time IoU >= `iou` for rule `iou` (DCASE task 5), by onset distance within the collar
     for rule `onset` (sed_eval)), precision, recall, F1. `detections`: recording_id,
-    species, t_start, t_end (05's detections.csv)."""
+    species, class, t_start, t_end (05's detections.csv); its column `key` is matched to the
+    events' class (species for the test events; class for boxes of the model's classes)."""
     counts = {}
-    det = detections.rename(columns={"species": "class", "t_start": "t_min", "t_end": "t_max"})
+    det = pd.DataFrame({"recording_id": detections["recording_id"], "class": detections[key],
+                        "t_min": detections["t_start"], "t_max": detections["t_end"]})
     keys = set(map(tuple, events[["recording_id", "class"]].drop_duplicates().to_numpy())) | \
         set(map(tuple, det[["recording_id", "class"]].drop_duplicates().to_numpy()))
     ev_groups = events.groupby(["recording_id", "class"]).indices
@@ -155,12 +161,13 @@ def event_matches(events: pd.DataFrame, detections: pd.DataFrame, iou: float = I
     return pd.DataFrame(rows)
 
 
-def event_f1(events: pd.DataFrame, detections: pd.DataFrame) -> dict:
+def event_f1(events: pd.DataFrame, detections: pd.DataFrame, key: str = "species") -> dict:
     """Overall (micro: pooled over classes) event precision, recall and F1 under both
-    matching rules: {"onset": {...}, "iou_0.3": {...}}, each with the counts."""
+    matching rules: {"onset": {...}, "iou_0.3": {...}}, each with the counts (`key`: see
+    event_matches)."""
     out = {}
     for rule, iou in (("onset", 0.0), ("iou", EVENT_IOU)):
-        rows = event_matches(events, detections, iou=iou, rule=rule)
+        rows = event_matches(events, detections, iou=iou, rule=rule, key=key)
         n_e, n_d, tp = (int(rows[c].sum()) if len(rows) else 0
                         for c in ("positives", "detections", "matched"))
         out[rule if rule == "onset" else f"iou_{iou:g}"] = {
@@ -205,9 +212,10 @@ def with_sources(run_dir: Path, prep) -> pd.DataFrame | None:
 def write(run_dir, prep, found, ids: list, probs: np.ndarray, tracks: dict | None = None,
           hop_s: float = 0.0, seg_s: float = 0.0, input_dir=None) -> tuple[str, list, dict]:
     """Write detections_all.csv and, where the test recordings have truth (`found` =
-    prep.test_truth(...): ids, (N, K)), the per-class figures into `run_dir`; returns (the
-    markdown section, also printed, or "", the files written, the overall event F1 by both
-    matching rules ({} without reference events or detections))."""
+    prep.test_truth(...): ids, (N, S) per species), the per-species figures of `probs` (N, K)
+    and `tracks` ({id: (T, K)}) into `run_dir`; returns (the markdown section, also printed,
+    or "", the files written, the overall event F1 by both matching rules ({} without
+    reference events or detections))."""
     run_dir = Path(run_dir)
     det = with_sources(run_dir, prep)
     files = [] if det is None else ["detections_all.csv"]
@@ -215,13 +223,14 @@ def write(run_dir, prep, found, ids: list, probs: np.ndarray, tracks: dict | Non
         return "", files, {}
     order = {rid: i for i, rid in enumerate(ids)}
     truth_ids, truth = found
-    scores = probs[[order[r] for r in truth_ids]]
-    summary, table = class_rows("recording", truth, scores, prep.classes)
+    species, to_species = prep.species.columns, prep.species.to_species
+    scores = to_species(probs[[order[r] for r in truth_ids]])
+    summary, table = class_rows("recording", truth, scores, species)
     events, event_rows = prep.test_events(input_dir), None
     if events is not None and tracks and seg_s > 0 and set(truth_ids) <= set(tracks):
-        seg_truth, seg_scores = segment_level({r: tracks[r] for r in truth_ids}, hop_s, events,
-                                              prep.durations, seg_s, prep.classes)
-        more, grid = class_rows(f"segment ({seg_s:g} s)", seg_truth, seg_scores, prep.classes)
+        seg_truth, seg_scores = segment_level({r: to_species(tracks[r]) for r in truth_ids},
+                                              hop_s, events, prep.durations, seg_s, species)
+        more, grid = class_rows(f"segment ({seg_s:g} s)", seg_truth, seg_scores, species)
         summary, table = summary + more, table + grid
     overall = {}
     if det is not None and events is not None:

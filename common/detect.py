@@ -7,6 +7,9 @@ clipped to the recording's duration.
 
 Raven (Cornell's sound analysis tool) opens one tab-separated selection table per sound
 file; naming it `<recording>.Table.1.selections.txt` lets Raven pair it with the file.
+
+Events are per model class and carry the class's species (a submission column,
+common/species.py); the two differ only for RFCx song-type classes (class s16_t4, species s16).
 """
 from __future__ import annotations
 
@@ -17,9 +20,9 @@ import pandas as pd
 
 from common.runs import atomic_write
 
-EVENT_COLUMNS = ["recording_id", "species", "t_start", "t_end", "peak_score"]
+EVENT_COLUMNS = ["recording_id", "species", "class", "t_start", "t_end", "peak_score"]
 RAVEN_COLUMNS = ["Selection", "View", "Channel", "Begin Time (s)", "End Time (s)",
-                 "Low Freq (Hz)", "High Freq (Hz)", "Species", "Score"]
+                 "Low Freq (Hz)", "High Freq (Hz)", "Species", "Class", "Score"]
 RAVEN_SUFFIX = ".Table.1.selections.txt"
 
 
@@ -30,29 +33,31 @@ def runs_above(mask: np.ndarray) -> list[tuple[int, int]]:
 
 
 def extract_events(track: np.ndarray, classes: list, hop_seconds: float, threshold: float = 0.5,
-                   min_duration: float = 0.0, duration: float | None = None) -> pd.DataFrame:
-    """(T, K) frame probabilities -> events (species, t_start, t_end, peak_score), sorted by
-    start time then species."""
+                   min_duration: float = 0.0, duration: float | None = None,
+                   species: list | None = None) -> pd.DataFrame:
+    """(T, K) frame probabilities -> events (species, class, t_start, t_end, peak_score),
+    sorted by start time then class; `species` of each class (default: the class itself)."""
     track = np.asarray(track)
     rows = []
-    for k, species in enumerate(classes):
+    for k, (name, cls) in enumerate(zip(species or classes, classes)):
         for a, b in runs_above(track[:, k] >= threshold):
             start, end = a * hop_seconds, b * hop_seconds
             if duration is not None:
                 end = min(end, duration)
             if end - start + 1e-9 >= min_duration:
-                rows.append((species, round(start, 4), round(end, 4), float(track[a:b, k].max())))
+                rows.append((name, cls, round(start, 4), round(end, 4), float(track[a:b, k].max())))
     events = pd.DataFrame(rows, columns=EVENT_COLUMNS[1:])
-    return events.sort_values(["t_start", "species"], kind="stable").reset_index(drop=True)
+    return events.sort_values(["t_start", "class"], kind="stable").reset_index(drop=True)
 
 
 def detection_table(tracks: dict, classes: list, hop_seconds: float, threshold: float,
-                    min_duration: float, durations: dict | None = None) -> pd.DataFrame:
+                    min_duration: float, durations: dict | None = None,
+                    species: list | None = None) -> pd.DataFrame:
     """Events of every recording: {recording_id: (T, K) track} -> one table (EVENT_COLUMNS)."""
     parts = []
     for rid, track in tracks.items():
         events = extract_events(track, classes, hop_seconds, threshold, min_duration,
-                                (durations or {}).get(rid))
+                                (durations or {}).get(rid), species)
         events.insert(0, "recording_id", rid)
         parts.append(events)
     if not parts:
@@ -61,7 +66,7 @@ def detection_table(tracks: dict, classes: list, hop_seconds: float, threshold: 
 
 
 def species_bands(annotations: pd.DataFrame, classes: list, sample_rate: int) -> dict:
-    """{species: (low Hz, high Hz)}: the band of its TP boxes, else 0 .. sample_rate / 2."""
+    """{class: (low Hz, high Hz)}: the band of its TP boxes, else 0 .. sample_rate / 2."""
     nyquist = sample_rate / 2.0
     bands = {c: (0.0, nyquist) for c in classes}
     tp = annotations[annotations["label"] > 0]
@@ -76,7 +81,7 @@ def species_bands(annotations: pd.DataFrame, classes: list, sample_rate: int) ->
 def raven_frame(events: pd.DataFrame, bands: dict) -> pd.DataFrame:
     """Events of one recording -> a Raven selection table (RAVEN_COLUMNS)."""
     events = events.reset_index(drop=True)
-    band = [bands.get(s, (0.0, 0.0)) for s in events["species"]]
+    band = [bands.get(c, (0.0, 0.0)) for c in events["class"]]
     return pd.DataFrame({
         "Selection": np.arange(1, len(events) + 1),
         "View": "Spectrogram 1",
@@ -86,6 +91,7 @@ def raven_frame(events: pd.DataFrame, bands: dict) -> pd.DataFrame:
         "Low Freq (Hz)": [round(b[0], 1) for b in band],
         "High Freq (Hz)": [round(b[1], 1) for b in band],
         "Species": events["species"].astype(str),
+        "Class": events["class"].astype(str),
         "Score": events["peak_score"].astype(float).round(4),
     }, columns=RAVEN_COLUMNS)
 
@@ -108,10 +114,11 @@ def write_raven_tables(folder, detections: pd.DataFrame, recording_ids: list,
 
 def read_raven(path) -> pd.DataFrame:
     """A Raven selection table -> the event table (EVENT_COLUMNS plus f_low, f_high);
-    recording_id comes from the file name (`<rid>.Table.1.selections.txt`)."""
+    recording_id comes from the file name (`<rid>.Table.1.selections.txt`); a table without
+    a Class column (written before it, or by hand) has its species as the class."""
     path = Path(path)
-    table = pd.read_csv(path, sep="\t", dtype={"Species": str})
-    missing = [c for c in RAVEN_COLUMNS if c not in table.columns]
+    table = pd.read_csv(path, sep="\t", dtype={"Species": str, "Class": str})
+    missing = [c for c in RAVEN_COLUMNS if c not in table.columns and c != "Class"]
     if missing:
         raise ValueError(f"{path} is not a Raven selection table: columns {missing} missing")
     name = path.name
@@ -119,6 +126,7 @@ def read_raven(path) -> pd.DataFrame:
     return pd.DataFrame({
         "recording_id": rid,
         "species": table["Species"].astype(str),
+        "class": table["Class" if "Class" in table.columns else "Species"].astype(str),
         "t_start": table["Begin Time (s)"].astype(float),
         "t_end": table["End Time (s)"].astype(float),
         "peak_score": table["Score"].astype(float),

@@ -51,10 +51,10 @@ def choose(infos: list, prep, preps: dict, weights, hop: int, device, stride_s: 
         for threshold in THRESHOLDS:
             det = detect.detection_table(tracks, prep.classes, hop_s, float(threshold),
                                          share * median, prep.durations)
-            keep = np.array([(r, c) in known for r, c in zip(det["recording_id"], det["species"])],
+            keep = np.array([(r, c) in known for r, c in zip(det["recording_id"], det["class"])],
                             dtype=bool)
             det = det.loc[keep] if len(det) else det
-            f1 = event_f1(ref, det)[f"iou_{EVENT_IOU:g}"]["f1"]
+            f1 = event_f1(ref, det, key="class")[f"iou_{EVENT_IOU:g}"]["f1"]
             rows.append({"threshold": float(threshold), "min_seconds": round(share * median, 4),
                          "oof_f1": f1})
     grid = pd.DataFrame(rows)

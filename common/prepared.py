@@ -10,6 +10,7 @@ import pandas as pd
 
 from common import runs
 from common.audio import WaveCache
+from common.species import SpeciesMap, from_meta
 
 
 @dataclass
@@ -23,6 +24,11 @@ class Prepared:
     cache: WaveCache
     label_unit: str = "events"  # events | clips (classes.json): what a +1 row labels
     soundscapes: pd.DataFrame | None = None  # clips: row_id, recording_id, t_min, t_max, birds
+    species: SpeciesMap | None = None  # classes -> submission columns; None: the identity
+
+    def __post_init__(self):
+        if self.species is None:
+            self.species = SpeciesMap(self.classes)
 
     @property
     def clips(self) -> bool:
@@ -49,7 +55,7 @@ class Prepared:
         return y
 
     def test_truth(self, input_dir) -> tuple[list, np.ndarray] | None:
-        """(ids, (N, K) 0/1) of the test recordings: the preprocessing run's test_truth.csv
+        """(ids, (N, S) 0/1 per species) of the test recordings: the run's test_truth.csv
         (written from the boxes of the test recordings, or copied from INPUT_DIR), else
         INPUT_DIR/test_truth.csv (runs made before 01 wrote it), else None."""
         path = self.run_dir / "test_truth.csv"
@@ -59,18 +65,19 @@ class Prepared:
             return None
         truth = pd.read_csv(path, dtype={"recording_id": str})
         truth = truth[truth["recording_id"].isin(set(self.ids("test")))]
-        return truth["recording_id"].tolist(), truth[self.classes].to_numpy(np.float32)
+        return truth["recording_id"].tolist(), truth[self.species.columns].to_numpy(np.float32)
 
     def test_events(self, input_dir=None) -> pd.DataFrame | None:
-        """Every annotated event of the test recordings (recording_id, class, t_min, t_max,
-        ...) from the run's test_events.csv, else INPUT_DIR/test_events.csv (runs made before
-        01 copied it), else None."""
+        """Every annotated event of the test recordings (recording_id, class (its species),
+        t_min, t_max, ...) from the run's test_events.csv, else INPUT_DIR/test_events.csv
+        (runs made before 01 copied it), else None."""
         path = self.run_dir / "test_events.csv"
         if not path.is_file() and input_dir is not None:
             path = Path(input_dir) / "test_events.csv"
         if not path.is_file() or not self.ids("test"):
             return None
         events = pd.read_csv(path, dtype={"recording_id": str})
+        events = events.assign(**{"class": events["class"].map(self.species.species)})
         return events[events["recording_id"].isin(set(self.ids("test")))]
 
 
@@ -81,7 +88,7 @@ def load_prepared(work_dir, tag: str = "latest") -> Prepared:
     return Prepared(run_dir=run_dir, classes=meta["classes"], sample_rate=int(meta["sample_rate"]),
                     recordings=read("recordings.csv"), annotations=read("annotations.csv"),
                     folds=read("folds.csv"), cache=WaveCache(run_dir / "waves"),
-                    label_unit=label_unit(meta),
+                    label_unit=label_unit(meta), species=from_meta(meta),
                     soundscapes=read("soundscapes.csv") if (run_dir / "soundscapes.csv").is_file()
                     else None)
 

@@ -37,20 +37,20 @@ def cross_fitted(truth: np.ndarray, groups: np.ndarray) -> np.ndarray:
 
 
 def choose(oof_scores: np.ndarray, truth: np.ndarray, groups: np.ndarray,
-           weights=WEIGHTS) -> dict:
+           weights=WEIGHTS, score=metrics.lwlrap) -> dict:
     """{"weight", "cv_by_weight": {w: OOF LWLRAP}, "cv_rates_only"}: the weight whose OOF
-    LWLRAP is highest, 0 unless it beats no term by MIN_GAIN."""
+    LWLRAP (`score(truth, scores)`) is highest, 0 unless it beats no term by MIN_GAIN."""
     truth = np.asarray(truth) > 0
     if not truth.any() or len(np.unique(groups)) < 2:
         return {"weight": 0.0, "cv_by_weight": {}, "note": "no OOF truth across folds"}
     term = cross_fitted(truth, groups)
     scores = np.asarray(oof_scores, dtype=np.float64)
-    cv = {float(w): metrics.lwlrap(truth, scores + w * term) for w in weights}
+    cv = {float(w): score(truth, scores + w * term) for w in weights}
     best = max(cv, key=lambda w: (cv[w], -w))
     weight = best if cv[best] >= cv[0.0] + MIN_GAIN else 0.0
     ties = np.arange(truth.shape[1])[None, :] * 1e-9  # the baseline's order among equal rates
     return {"weight": weight, "cv_by_weight": cv,
-            "cv_rates_only": metrics.lwlrap(truth, term + ties)}
+            "cv_rates_only": score(truth, term + ties)}
 
 
 def apply(scores: np.ndarray, truth: np.ndarray, weight: float) -> np.ndarray:

@@ -116,7 +116,8 @@ def run_fold(cfg, prep, fold: int, model, make_loader, step, run_dir: Path, devi
     trained_on.csv, so pseudo labelling can use only models that never saw a recording."""
     _, val = split_fold(prep.folds, fold)
     val_ids = sorted(val)
-    truth = prep.tp_matrix(val_ids)
+    to_species = prep.species.to_species  # scored per species, as submitted (common/species.py)
+    truth = to_species(prep.tp_matrix(val_ids))
     window, stride = windows(cfg, prep.sample_rate)
     holder = {}
     seg = segments.for_validation(prep, val_ids, cfg.crop_seconds)  # BirdCLEF: 5 s segments
@@ -131,6 +132,7 @@ def run_fold(cfg, prep, fold: int, model, make_loader, step, run_dir: Path, devi
                 m, prep.cache, ids, window, stride, cfg.infer_batch, device), val_ids)
         holder["last"] = scores
         local = {"val_local_f1": seg.f1(holder["last_seg"])} if seg is not None else {}
+        scores = to_species(scores)
         return {"val_lwlrap": metrics.lwlrap(truth, scores),
                 "val_f1": metrics.f1_at(truth, metrics.sigmoid(scores))["f1"], **local}
 
@@ -218,18 +220,26 @@ def finish_run(cfg, prep, stage: str, run_dir: Path, fold_results: list, mcfg: d
     folds = [r["history"]["fold"].iloc[0] for r in fold_results]
     oof_ids = [rid for r in fold_results for rid in r["val_ids"]]
     oof = np.concatenate([r["oof"] for r in fold_results])
-    truth = prep.tp_matrix(oof_ids)
+    truth = prep.tp_matrix(oof_ids)  # per class: what the calibration fits
+    to_species = prep.species.to_species  # every figure is per species (common/species.py)
+    species_truth = to_species(truth)
     runs.save_csv(run_dir / "oof.csv", score_frame(oof_ids, oof, prep.classes))
     runs.save_csv(run_dir / "trained_on.csv", pd.DataFrame(
         [(int(f), rid) for f, r in zip(folds, fold_results) for rid in r["trained_on"]],
         columns=["fold", "recording_id"]))
     history = pd.concat([r["history"] for r in fold_results], ignore_index=True)
     save_history(history, run_dir, "val_lwlrap")
-    result = {"cv_lwlrap": metrics.lwlrap(truth, oof),
-              "cv_f1": metrics.f1_at(truth, metrics.sigmoid(oof))["f1"],
+    result = {"cv_lwlrap": metrics.lwlrap(species_truth, to_species(oof)),
+              "cv_f1": metrics.f1_at(species_truth, metrics.sigmoid(to_species(oof)))["f1"],
               "fold_lwlrap": {int(r["history"]["fold"].iloc[0]): r["best"]["val_lwlrap"]
                               for r in fold_results},
               "folds": [int(f) for f in folds]}
+    if not prep.species.identity:  # the same OOF scores ranked over the model's classes
+        result["cv_lwlrap_classes"] = metrics.lwlrap(truth, oof)
+        print(f"{stage}: CV LWLRAP {result['cv_lwlrap_classes']:.4f} over the "
+              f"{len(prep.classes)} classes, {result['cv_lwlrap']:.4f} over the "
+              f"{len(prep.species.columns)} species (max over song types; the figure reported)",
+              flush=True)
     if prep.clips:  # local F1 and soundscape F1 (BirdCLEF 2021 rule)
         result.update(segments.score_run(run_dir, fold_results, prep, cfg, device, lambda f:
                                          load_checkpoint(run_dir / f"fold{f}.pth", device)[0]))
@@ -240,19 +250,19 @@ def finish_run(cfg, prep, stage: str, run_dir: Path, fold_results: list, mcfg: d
     # on the others, test with the calibrator of all OOF recordings (what 05 submits)
     fold_of = dict(zip(prep.folds["recording_id"], prep.folds["fold"]))
     if truth.any():
-        result["cv_lwlrap_calibrated"] = metrics.lwlrap(truth, calibration.cross_fit(
-            oof, truth, np.array([fold_of.get(r, -1) for r in oof_ids])))
+        result["cv_lwlrap_calibrated"] = metrics.lwlrap(species_truth, to_species(
+            calibration.cross_fit(oof, truth, np.array([fold_of.get(r, -1) for r in oof_ids]))))
     found = prep.test_truth(cfg.input_dir)
     if found is not None:
         truth_ids, test_truth = found
         order = {rid: i for i, rid in enumerate(ids)}
         aligned = test[[order[r] for r in truth_ids]]
-        result["test_lwlrap"] = metrics.lwlrap(test_truth, aligned)
+        result["test_lwlrap"] = metrics.lwlrap(test_truth, to_species(aligned))
         if truth.any():
             result["test_lwlrap_calibrated"] = metrics.lwlrap(
-                test_truth, calibration.fit(oof, truth).apply(aligned))
+                test_truth, to_species(calibration.fit(oof, truth).apply(aligned)))
         result["test_prevalence_baseline"] = metrics.prevalence_baseline(test_truth)
-        result["test_f1"] = metrics.f1_at(test_truth, metrics.sigmoid(aligned))["f1"]
+        result["test_f1"] = metrics.f1_at(test_truth, metrics.sigmoid(to_species(aligned)))["f1"]
     result["seconds"] = round(time.time() - tic, 1)
     runs.save_json(run_dir / "metrics.json", result)
     runs.append_experiment(cfg.work_dir, {
@@ -266,6 +276,7 @@ def finish_run(cfg, prep, stage: str, run_dir: Path, fold_results: list, mcfg: d
     summary = {k: result[k] for k in ("cv_lwlrap", "cv_f1", "test_lwlrap", "local_f1", "soundscape_f1",
                                       "local_roc_auc", "local_cmap",
                                       "cv_lwlrap_calibrated", "test_lwlrap_calibrated",
+                                      "cv_lwlrap_classes",
                                       "test_prevalence_baseline", "seconds") if k in result}
     runs.update_summary(cfg.work_dir, stage, {**summary, "tag": run_dir.name})
     runs.write_manifest(run_dir, stage, cfg_dict(cfg), inputs,

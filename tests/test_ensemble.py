@@ -134,20 +134,24 @@ def test_extract_events_threshold_and_min_duration():
     events = detect.extract_events(track, ["a", "b"], 0.1, threshold=0.5, min_duration=0.1,
                                    duration=1.15)
     # frame 11 ends at 1.2 s, clipped to the 1.15 s recording: 0.05 s < 0.1 s, dropped
-    assert events.values.tolist() == [["a", 0.2, 0.5, 0.9], ["a", 0.8, 0.9, 0.95],
-                                      ["b", 0.9, 1.0, 0.5]]
+    assert events.values.tolist() == [["a", "a", 0.2, 0.5, 0.9], ["a", "a", 0.8, 0.9, 0.95],
+                                      ["b", "b", 0.9, 1.0, 0.5]]
     longer = detect.extract_events(track, ["a", "b"], 0.1, threshold=0.5, min_duration=0.05,
                                    duration=1.15)
-    assert longer.values.tolist()[-1] == ["b", 1.1, 1.15, 0.8]
+    assert longer.values.tolist()[-1] == ["b", "b", 1.1, 1.15, 0.8]
     kept = detect.extract_events(track, ["a", "b"], 0.1, threshold=0.5, min_duration=0.2)
-    assert kept.values.tolist() == [["a", 0.2, 0.5, 0.9]]
+    assert kept.values.tolist() == [["a", "a", 0.2, 0.5, 0.9]]
+    # song-type classes carry their species (common/species.py)
+    split = detect.extract_events(track, ["s16_t1", "s16_t4"], 0.1, threshold=0.5,
+                                  min_duration=0.2, species=["s16", "s16"])
+    assert split.values.tolist() == [["s16", "s16_t1", 0.2, 0.5, 0.9]]
     assert detect.extract_events(np.zeros((5, 2)), ["a", "b"], 0.1).empty
 
 
 def test_raven_table_round_trip(tmp_path):
     events = pd.DataFrame({"recording_id": ["r1", "r1", "r2"], "species": ["s1", "s0", "s2"],
-                           "t_start": [0.5, 2.25, 1.0], "t_end": [1.75, 3.0, 4.5],
-                           "peak_score": [0.91, 0.55, 0.7]})
+                           "class": ["s1", "s0", "s2"], "t_start": [0.5, 2.25, 1.0],
+                           "t_end": [1.75, 3.0, 4.5], "peak_score": [0.91, 0.55, 0.7]})
     ann = pd.DataFrame({"recording_id": ["x", "y"], "class": ["s0", "s0"], "label": [1, 1],
                         "f_min": [1000.0, 800.0], "f_max": [3000.0, 2500.0]})
     bands = detect.species_bands(ann, CLASSES, 32000)
@@ -241,10 +245,15 @@ def test_event_matching_by_onset_collar_and_by_iou():
 
 
 # ----------------------------------------------------------------------------- end to end
-def fake_work_dir(tmp_path):
-    """A preprocessing run, one stage-1 run with an untrained tiny model, and INPUT_DIR."""
+def fake_work_dir(tmp_path, species_of: dict | None = None, columns: list = CLASSES):
+    """A preprocessing run, one stage-1 run with an untrained tiny model, and INPUT_DIR.
+    `species_of` {class: species}: the model's classes split the species (RFCx song types);
+    `columns`: the sample submission's species columns, in its order."""
     from common.sed import build_model, save_checkpoint
+    from common.species import SpeciesMap
     sr, rng = 8000, np.random.default_rng(0)
+    classes = list(species_of or CLASSES)
+    k = len(classes)
     work, data = tmp_path / "work", tmp_path / "data"
     prep_dir = work / "preprocess" / "p0"
     train_ids, test_ids = [f"tr{i}" for i in range(6)], [f"te{i}" for i in range(5)]
@@ -256,27 +265,28 @@ def fake_work_dir(tmp_path):
     runs.save_csv(prep_dir / "recordings.csv",
                   pd.DataFrame(recs, columns=["recording_id", "split", "duration", "n_samples"]))
     runs.save_csv(prep_dir / "annotations.csv", pd.DataFrame(
-        [(r, CLASSES[i % 3], 0.2, 1.0, 500.0, 2000.0, 1) for i, r in enumerate(train_ids)],
+        [(r, classes[i % k], 0.2, 1.0, 500.0, 2000.0, 1) for i, r in enumerate(train_ids)],
         columns=["recording_id", "class", "t_min", "t_max", "f_min", "f_max", "label"]))
     runs.save_csv(prep_dir / "folds.csv", pd.DataFrame(
         {"recording_id": train_ids, "fold": [0, 1] * 3, "has_tp": True}))
-    runs.save_json(prep_dir / "classes.json", {"classes": CLASSES, "sample_rate": sr})
+    runs.save_json(prep_dir / "classes.json", {"classes": classes, "sample_rate": sr,
+                                               **SpeciesMap(classes, species_of).to_json()})
     runs.write_manifest(prep_dir, "preprocess", {}, {}, [], {}, finished=True)
-    mcfg = {"backbone": "resnet10t", "n_classes": 3, "in_chans": 1, "sample_rate": sr,
+    mcfg = {"backbone": "resnet10t", "n_classes": k, "in_chans": 1, "sample_rate": sr,
             "n_fft": 256, "hop_length": 128, "n_mels": 32, "fmin": 50.0, "fmax": 4000.0,
             "image_size": None, "dropout": 0.0, "crop_seconds": 1.0, "freq_coord": False}
     run_dir = work / "stage1" / "r0"
     torch.manual_seed(0)
     for fold in (0, 1):
         save_checkpoint(run_dir / f"fold{fold}.pth", build_model(mcfg), {"fold": fold})
-    oof = pd.DataFrame(rng.normal(size=(6, 3)), columns=CLASSES)
+    oof = pd.DataFrame(rng.normal(size=(6, k)), columns=classes)
     oof.insert(0, "recording_id", train_ids)
     runs.save_csv(run_dir / "oof.csv", oof)
     runs.save_json(run_dir / "metrics.json", {"cv_lwlrap": 0.5, "folds": [0, 1],
                                               "fold_lwlrap": {"0": 0.6, "1": 0.4}})
     runs.write_manifest(run_dir, "stage1", {}, {"preprocess": "p0"}, [], {}, finished=True)
     data.mkdir()
-    pd.DataFrame({"recording_id": test_ids[::-1], **{c: 0 for c in CLASSES}}).to_csv(
+    pd.DataFrame({"recording_id": test_ids[::-1], **{c: 0 for c in columns}}).to_csv(
         data / "sample_submission.csv", index=False)
     pd.DataFrame({"recording_id": test_ids, "s0": 1, "s1": [0, 1, 0, 1, 0], "s2": 0}).to_csv(
         data / "test_truth.csv", index=False)
@@ -338,6 +348,40 @@ def test_frequency_term_is_added_to_the_submission_and_named(tmp_path, scripts):
     assert "frequency term: 1 (weight 1:" in (run_dir / "report.md").read_text()
     with pytest.raises(ConfigError, match="frequency_term"):
         ens.main(ens.CFG(input_dir=str(data), work_dir=str(work), frequency_term="strong"))
+
+
+def test_song_type_classes_are_submitted_per_species(tmp_path, scripts):
+    """Song-type classes (01's classes=species_songtype): the model scores s1_t1 and s1_t4;
+    the submission has the sample's species columns in the sample's order, s1 the max of its
+    two song types; test LWLRAP, per-class figures and pictures are per species; detections
+    stay per class and carry the species."""
+    species_of = {"s0": "s0", "s1_t1": "s1", "s1_t4": "s1", "s2": "s2"}
+    work, data = fake_work_dir(tmp_path, species_of, columns=["s2", "s0", "s1"])
+    ens = scripts("05_ensemble")
+    cfg = ens.CFG(input_dir=str(data), work_dir=str(work), tag="e2", n_pictures=1,
+                  prior_scaling="none", calibrate="false", event_threshold=0.3,
+                  min_event_seconds=0.0, infer_batch=4, frequency_term="none")
+    ens.main(cfg)
+    run_dir = work / "ensemble" / "e2"
+    sub = pd.read_csv(run_dir / "submission.csv", dtype={"recording_id": str})
+    assert list(sub.columns) == ["recording_id", "s2", "s0", "s1"]
+    test = pd.read_csv(run_dir / "test_stage1_r0.csv", dtype={"recording_id": str})
+    test = test.set_index("recording_id")
+    assert list(test.columns) == list(species_of)  # the run's scores stay per class
+    z = pd.DataFrame(blend.standardise(test.to_numpy()), index=test.index, columns=test.columns)
+    expected = pd.DataFrame({"s0": z["s0"], "s1": z[["s1_t1", "s1_t4"]].max(axis=1),
+                             "s2": z["s2"]})  # align blend of one uncalibrated run
+    got = sub.set_index("recording_id")
+    np.testing.assert_allclose(got[CLASSES].to_numpy(), expected.loc[got.index].to_numpy())
+    truth = pd.read_csv(data / "test_truth.csv", dtype={"recording_id": str})
+    truth = truth.set_index("recording_id")
+    summary = json.loads((work / "summary.json").read_text())["ensemble"]
+    assert summary["test_lwlrap"] == pytest.approx(metrics.lwlrap(
+        truth[CLASSES].to_numpy(), expected.loc[truth.index].to_numpy()))
+    assert set(pd.read_csv(run_dir / "per_class.csv")["class"]) == set(CLASSES)
+    det = pd.read_csv(run_dir / "detections.csv")
+    assert set(zip(det["class"], det["species"])) <= set(species_of.items())
+    assert {"s1_t1", "s1_t4"} & set(det["class"])
 
 
 def test_event_rule_is_chosen_on_oof_recordings(tmp_path, scripts):

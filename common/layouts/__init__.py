@@ -35,13 +35,28 @@ def detect(input_dir, cfg) -> str:
                       "columns (name them with --file_column= ...); or set --layout=")
 
 
+def check_classes(cfg, layout: str = "") -> None:
+    """`cfg.classes` is one of rfcx.CLASS_MODES, and song types only where the layout has them."""
+    mode = getattr(cfg, "classes", "species")
+    if mode not in rfcx.CLASS_MODES:
+        raise ConfigError(f"classes={mode!r}: choose species (one class per species, a column of "
+                          "the submission) or species_songtype (RFCx: one class per (species, "
+                          "songtype) pair of train_tp.csv / train_fp.csv)")
+    if mode != "species" and layout and layout != rfcx.NAME:
+        raise ConfigError(f"classes={mode}: song types come from the songtype_id column of "
+                          "the RFCx layout's train_tp.csv / train_fp.csv; input_dir is read in "
+                          f"the {layout} layout, so use classes=species")
+
+
 def read(input_dir, cfg) -> Inputs:
     """Read and validate INPUT_DIR in the layout `cfg.layout` ("auto": detected)."""
     if not Path(input_dir).is_dir():
         raise ConfigError(f"input_dir {input_dir} is not a folder")
+    check_classes(cfg)
     name = getattr(cfg, "layout", "auto") or "auto"
     if name == "auto":
         name = detect(input_dir, cfg)
     elif name not in LAYOUTS:
         raise ConfigError(f"layout={name!r}: choose auto or one of {', '.join(LAYOUTS)}")
+    check_classes(cfg, name)
     return LAYOUTS[name].read(input_dir, cfg)

@@ -27,6 +27,8 @@ class Inputs:
     files      (recording_id, split, path) of every audio file to decode; split is train,
                test, or soundscape (labelled, held out of training: clips only)
     classes    the class list, in submission order
+    species_of {class: species (a submission column)} where a class is a part of a species
+               (RFCx song types, common/species.py); {}: every class is its own species
     annotate   annotate(recordings, report, sample_rate) -> (annotation table of the train
                recordings, test clip truth or None, test events or None), checked against the
                decoded `recordings` (recording_id, split, duration, source_sr, ...) and the
@@ -56,6 +58,7 @@ class Inputs:
     notes: dict = field(default_factory=dict)
     submission: str = "recordings"
     test_segments: Callable | None = None
+    species_of: dict = field(default_factory=dict)
 
 
 def read_table(path, required: list[str], sep: str = ",") -> pd.DataFrame:
