@@ -26,14 +26,16 @@ Reads  the runs' folders (fold{k}.pth, oof.csv, metrics.json, manifest.json), th
        preprocessing runs, INPUT_DIR/sample_submission.csv and test_truth.csv (demo).
 Writes WORK_DIR/ensemble/<tag>/: submission.csv, test_<stage>_<run>.csv (fold-blended test
        logits per run), detections.csv, raven/<rid>.Table.1.selections.txt, pictures/*.png,
-       report.md, report.json, manifest.json; ensemble.* in WORK_DIR/summary.json. The same
-       command run again continues a crashed run, keeping the test scores of the folds it
-       had inferred (partial/).
+       report.md, report.json, manifest.json; ensemble.* in WORK_DIR/summary.json (with
+       infer_speed: seconds per hour of test audio, projected test-set time); with
+       --runtime=onnx, fold{k}.onnx beside each checkpoint. The same command run again
+       continues a crashed run, keeping the test scores of the folds it had inferred (partial/).
 
 Examples:
     python 05_ensemble.py                                         # latest stage-3 run
     python 05_ensemble.py --runs=stage3/latest,stage1/latest --blend=oof --prior_scaling=auto
     python 05_ensemble.py --runs=stage1/latest --detect=false --n_pictures=0   # quick
+    python 05_ensemble.py --runtime=onnx      # test inference by ONNX Runtime on the CPU
 """
 from __future__ import annotations
 
