@@ -30,14 +30,16 @@ Reads  the runs' folders (fold{k}.pth, oof.csv, metrics.json, manifest.json), th
        preprocessing runs, INPUT_DIR/sample_submission.csv and test_truth.csv (demo).
 Writes WORK_DIR/ensemble/<tag>/: submission.csv, test_<stage>_<run>.csv (fold-blended test
        logits per run), detections.csv, raven/<rid>.Table.1.selections.txt, pictures/*.png,
-       report.md, report.json, manifest.json; ensemble.* in WORK_DIR/summary.json. The same
-       command run again continues a crashed run, keeping the test scores of the folds it
-       had inferred (partial/).
+       report.md, report.json, manifest.json; ensemble.* in WORK_DIR/summary.json (with
+       infer_speed: seconds per hour of test audio, projected test-set time); with
+       --runtime=onnx, fold{k}.onnx beside each checkpoint. The same command run again
+       continues a crashed run, keeping the test scores of the folds it had inferred (partial/).
 
 Examples:
     python 05_ensemble.py                                         # latest stage-3 run
     python 05_ensemble.py --runs=stage3/latest,stage1/latest --blend=oof --prior_scaling=auto
     python 05_ensemble.py --runs=stage1/latest --detect=false --n_pictures=0   # quick
+    python 05_ensemble.py --runtime=onnx      # test inference by ONNX Runtime on the CPU
 """
 from __future__ import annotations
 
@@ -53,9 +55,10 @@ import torch
 from common import (blend, calibration, class_figures, detect, event_rule, heldout, metrics,
                     paths, plots, prior_term, report, runs, segment_submission, stage)
 from common.cli import ConfigError, cfg_dict, run
-from common.infer import frame_count, predict_frames, resample_frames, resolve_device
+from common.infer import (InferenceClock, frame_count, predict_frames, resample_frames,
+                          resolve_device, speed_line)
+from common.onnx_runtime import RUNTIMES, load_fold_model
 from common.prepared import load_prepared
-from common.sed import load_checkpoint
 
 PRIOR_MODES = ("auto", "em", "none")
 CHUNK = 128  # recordings per inference call: bounds the memory of their frame tracks
@@ -91,6 +94,11 @@ class CFG:
     top_species: int = 3           # species curves under each spectrogram
     infer_batch: int = 64          # windows per forward pass
     device: str = "auto"           # auto | cpu | cuda
+    runtime: str = "torch"         # test inference by torch | onnx (each fold model exported
+    #   once to fold{k}.onnx beside its checkpoint, checked against torch, run by onnxruntime
+    #   on the CPU with torch's thread count; common/onnx_runtime.py)
+    test_audio_hours: float = 0.0  # hours of test audio to project the inference time for
+    #                                (a hidden test set's); 0 = this run's test recordings
 
 
 # ----------------------------------------------------------------------------- runs
@@ -204,11 +212,11 @@ def scored_so_far(run_dir: Path, ids: list, tracks: dict, n_classes: int) -> dic
 
 
 def infer_run(cfg: CFG, info: dict, prep, ids: list, scored: dict, grid: dict,
-              run_weight: float, device, run_dir: Path) -> np.ndarray:
+              run_weight: float, device, run_dir: Path, clock: InferenceClock) -> np.ndarray:
     """Fold-blended test logits (N, K); adds run_weight x the fold-mean frame track of every
     recording in scored["tracks"] (on `grid`) into them in place. After each fold, its
     logits and the tracks so far are stored (runs.save_partial); a fold whose logits a
-    crashed run stored is not inferred again."""
+    crashed run stored is not inferred again. `clock` times each fold model (cfg.runtime)."""
     mcfg = info["mcfg"]
     window = int(round(mcfg["crop_seconds"] * prep.sample_rate))
     stride_s = cfg.infer_stride_seconds or info["oof_stride"] or mcfg["crop_seconds"]
@@ -217,22 +225,26 @@ def infer_run(cfg: CFG, info: dict, prep, ids: list, scored: dict, grid: dict,
     logits = 0.0
     weights = np.asarray(info["fold_weights"]) / np.sum(info["fold_weights"])
     tracks = scored["tracks"]
+    audio_s = sum(prep.cache.length(r) for r in ids) / prep.sample_rate
     for fold, w in zip(info["folds"], weights):
         key = f"{info['name']} fold {fold}"
         if key in scored["logits"]:
             logits = logits + w * scored["logits"][key]
             continue
-        model, _ = load_checkpoint(info["dir"] / f"fold{fold}.pth", device)
+        with clock.loading():
+            model = load_fold_model(info["dir"] / f"fold{fold}.pth", device, cfg.runtime,
+                                    run_dir / "onnx")
         parts = []
-        for b in range(0, len(ids), CHUNK):
-            chunk = ids[b:b + CHUNK]
-            scores, frames = predict_frames(model, prep.cache, chunk, window, stride,
-                                            cfg.infer_batch, device, progress=None)
-            parts.append(scores)
-            for rid, track in zip(chunk, frames):
-                if rid in tracks:  # float32 throughout: a full RFCx test set is ~1 GB of tracks
-                    track = resample_frames(track, hop_s, grid["n"][rid], grid["hop_s"])
-                    tracks[rid] += float(run_weight * w) * track
+        with clock.scoring(audio_s):
+            for b in range(0, len(ids), CHUNK):
+                chunk = ids[b:b + CHUNK]
+                scores, frames = predict_frames(model, prep.cache, chunk, window, stride,
+                                                cfg.infer_batch, device, progress=None)
+                parts.append(scores)
+                for rid, track in zip(chunk, frames):
+                    if rid in tracks:  # float32 throughout: a full RFCx test set is ~1 GB of tracks
+                        track = resample_frames(track, hop_s, grid["n"][rid], grid["hop_s"])
+                        tracks[rid] += float(run_weight * w) * track
         scored["logits"][key] = np.concatenate(parts) if parts else np.zeros((0, len(prep.classes)))
         runs.save_partial(runs.partial_path(run_dir, SCORED), scored)
         logits = logits + w * scored["logits"][key]
@@ -415,6 +427,9 @@ def check_cfg(cfg: CFG) -> None:
         if not ok:
             raise ConfigError(f"frequency_term={cfg.frequency_term!r}: use auto, none or a "
                               "weight >= 0 (e.g. 1)")
+    if cfg.runtime not in RUNTIMES or cfg.test_audio_hours < 0:
+        raise ConfigError(f"runtime={cfg.runtime!r}: choose one of {', '.join(RUNTIMES)}; "
+                          "test_audio_hours must be >= 0 (0: this run's test recordings)")
     if not 0 <= cfg.event_threshold < 1 or cfg.oof_steps < 1:
         raise ConfigError("event_threshold must lie in [0, 1) (0: chosen on OOF recordings) "
                           "and oof_steps be >= 1")
@@ -608,8 +623,11 @@ def finish_with_segments(cfg: CFG, run_dir: Path, prep, preps: dict, infos: list
     """BirdCLEF test soundscapes: submission.csv with a row per 5 s segment
     (common/segment_submission.py); report, summary and pictures of held-out clips."""
     weights = np.asarray(fitted["weights"]) / np.sum(fitted["weights"])
+    clock = InferenceClock(cfg.runtime)
     sub = segment_submission.write(run_dir, prep, preps, infos, weights, fitted["segment_f1"],
-                                   cfg.input_dir, cfg.infer_batch, device)
+                                   cfg.input_dir, cfg.infer_batch, inference_device(cfg, device),
+                                   cfg.runtime, clock)
+    speed = infer_speed(cfg, clock, infos, prep)
     pic_ids = heldout.pick_recordings(infos, cfg.n_pictures)
     tracks = heldout.heldout_tracks(infos, prep, preps, pic_ids, weights,
                                     infos[0]["mcfg"]["hop_length"], device)
@@ -623,10 +641,26 @@ def finish_with_segments(cfg: CFG, run_dir: Path, prep, preps: dict, infos: list
     summary = close_run(cfg, run_dir, infos, fitted, inputs, files, rows, facts, tic,
                         {"submission": str(run_dir / "submission.csv"),
                          "submission_kind": sub["kind"], "threshold": sub["threshold"],
-                         **sub["test"]}, segment_submission.report_md(sub))
+                         "infer_speed": speed, **sub["test"]}, segment_submission.report_md(sub))
     print(f"submission {run_dir / 'submission.csv'}\nreport     {run_dir / 'report.md'}",
           flush=True)
     return {"summary": summary, "rows": rows, "run_dir": run_dir}
+
+
+def inference_device(cfg: CFG, device):
+    """The test inference's device: onnxruntime runs on the CPU whatever --device says."""
+    if cfg.runtime == "onnx" and device.type != "cpu":
+        print(f"runtime onnx: test inference on the CPU (device {device} for the rest)", flush=True)
+        return torch.device("cpu")
+    return device
+
+
+def infer_speed(cfg: CFG, clock: InferenceClock, infos: list, prep) -> dict:
+    """Seconds per hour of test audio and the projected test-set time, printed."""
+    seconds = sum(prep.cache.length(r) for r in prep.ids("test")) / prep.sample_rate
+    figures = clock.figures(sum(len(i["folds"]) for i in infos), seconds, cfg.test_audio_hours)
+    print(speed_line(figures), flush=True)
+    return figures
 
 
 def main(cfg: CFG) -> dict:
@@ -660,11 +694,13 @@ def main(cfg: CFG) -> dict:
         return finish_without_test(cfg, run_dir, prep, preps, infos, fitted, inputs, tic, device)
     run_weights = np.asarray(fitted["weights"]) / np.sum(fitted["weights"])
     grid["event_rule"] = event_rule_of(cfg, infos, prep, preps, run_weights, hop, device)
+    clock, on = InferenceClock(cfg.runtime), inference_device(cfg, device)
     for info, w in zip(infos, run_weights):
         info["test"] = infer_run(cfg, info, get_prep(cfg, preps, info["preprocess"]), ids,
-                                 scored, grid, w, device, run_dir)
+                                 scored, grid, w, on, run_dir, clock)
         runs.save_csv(run_dir / f"test_{info['name'].replace('/', '_')}.csv",
                       stage.score_frame(ids, info["test"], prep.classes))
+    speed = infer_speed(cfg, clock, infos, prep)
     rows, facts, files = write_outputs(cfg, run_dir, prep, infos, fitted, scored["tracks"], grid)
     for line in facts["weaker"]:
         print(f"NOTE: weaker than the best run on CV: {line}", flush=True)
@@ -674,7 +710,7 @@ def main(cfg: CFG) -> dict:
                "calibrated": fitted["calibrated"], "prior": facts["prior_note"],
                "frequency_term": {k: facts["frequency_term"][k] for k in ("weight", "note")},
                "weights": {i["name"]: float(w) for i, w in zip(infos, fitted["weights"])},
-               "weaker_runs": facts["weaker"]}
+               "weaker_runs": facts["weaker"], "infer_speed": speed}
     if facts.get("event_f1"):
         summary["event_f1"] = facts["event_f1"]
     if facts.get("event_rule"):

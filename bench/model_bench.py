@@ -110,7 +110,9 @@ def inference(cfg, stage1, model, cache_dir: Path, ids: list, sr: int, device,
     """The real test inference (windows at the profile's final stride, read from the cache,
     batched, moved, scored) next to the pure forward pass over as many windows of a batch
     already on the device; both as audio seconds of the recordings per second, at each
-    precision of `amps` (the mel front end stays float32 under autocast)."""
+    precision of `amps` (the mel front end stays float32 under autocast). On the CPU in
+    float32 also both through the same model exported to ONNX Runtime (05's --runtime=onnx):
+    infer_onnx_x, forward_onnx_x, in the same interleaved rounds."""
     from common.audio import WaveCache
     from common.infer import predict_recordings, window_starts
     from common.stage import windows
@@ -129,12 +131,12 @@ def inference(cfg, stage1, model, cache_dir: Path, ids: list, sr: int, device,
                 predict_recordings(model, cache, ids, window, stride, stage1.infer_batch, device)
         return go
 
-    def forward(amp):
+    def forward(amp, net=model):
         @torch.inference_mode()
         def go():
-            model.eval()
+            net.eval()
             with autocast(device, amp):
-                torch.cat([model(fake[:size])["clip_logit"].float() for size in batches]).cpu()
+                torch.cat([net(fake[:size])["clip_logit"].float() for size in batches]).cpu()
         return go
 
     measures = {}
@@ -143,6 +145,14 @@ def inference(cfg, stage1, model, cache_dir: Path, ids: list, sr: int, device,
         sfx = amp_suffix(amp, amps[0])
         measures[f"infer_x{sfx}"] = (audio_s, real(amp))
         measures[f"forward_x{sfx}"] = (audio_s, forward(amp))
+    if device.type == "cpu" and amps[0] == "none":  # onnxruntime: CPU, float32
+        from common.onnx_runtime import exported
+
+        onnx_model, _ = exported(model, window)  # checked against torch on the way
+        measures["infer_onnx_x"] = (audio_s, lambda: predict_recordings(
+            onnx_model, cache, ids, window, stride, stage1.infer_batch, device))
+        measures["forward_onnx_x"] = (audio_s, forward("none", onnx_model))
+        measures["forward_onnx_x"][1]()  # warm-up
     return {"infer_audio_seconds": audio_s, "infer_windows": n_windows,
             "infer_stride_seconds": stride / sr, **interleaved_rates(measures, cfg.repeats)}
 

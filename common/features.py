@@ -47,13 +47,23 @@ class MelFrontEnd(nn.Module):
     def spectrogram(self, wave: torch.Tensor) -> torch.Tensor:
         """(B, N) -> dB mel (B, n_mels, frames), float32 whatever the autocast state."""
         with torch.autocast(device_type=wave.device.type, enabled=False):
-            spec = torch.stft(wave.float(), self.n_fft, self.hop_length, window=self.window,
-                              center=True, pad_mode="reflect", return_complex=True)
-            power = spec.abs().pow(self.power)
+            power = self.power_spectrum(wave.float())
             mel = torch.matmul(self.mel_basis, power)
             db = 10.0 * torch.log10(mel.clamp_min(1e-10))
             # clip the floor per example: silence should not dominate the normalisation
             return torch.maximum(db, db.amax(dim=(1, 2), keepdim=True) - self.top_db)
+
+    def power_spectrum(self, wave: torch.Tensor) -> torch.Tensor:
+        """(B, N) float32 -> |STFT|^power (B, n_fft // 2 + 1, frames)."""
+        args = (wave, self.n_fft, self.hop_length)
+        kwargs = {"window": self.window, "center": True, "pad_mode": "reflect"}
+        if not torch.onnx.is_in_onnx_export():
+            return torch.stft(*args, **kwargs, return_complex=True).abs().pow(self.power)
+        # ONNX has no complex tensors: its STFT op gives (real, imaginary) pairs, which
+        # torch.stft still returns for the exporter with return_complex=False
+        # (common/onnx_runtime.py checks the exported outputs against this module's)
+        squared = torch.stft(*args, **kwargs, return_complex=False).pow(2).sum(-1)
+        return squared if self.power == 2 else squared.pow(self.power / 2)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         x = self.spectrogram(wave)

@@ -6,6 +6,9 @@ its windows of the clip logit.
 """
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 
@@ -171,3 +174,56 @@ def predict_frames(model, cache, recording_ids, window: int, stride: int, batch_
     for track, count in zip(tracks, counts):
         track /= np.maximum(count, 1e-12)
     return np.stack(scores), tracks
+
+
+class InferenceClock:
+    """Wall and CPU seconds (this process, all threads) of test inference per hour of audio,
+    counted per fold model that scored it, and the seconds spent loading (or exporting)
+    fold models: what 05 prints and projects onto the test set's length."""
+
+    def __init__(self, runtime: str = "torch"):
+        self.runtime, self.threads = runtime, torch.get_num_threads()
+        self.wall = self.cpu = self.load = self.model_hours = 0.0
+        self.loaded = 0
+
+    @contextmanager
+    def loading(self):
+        tic = time.perf_counter()
+        yield
+        self.load += time.perf_counter() - tic
+        self.loaded += 1
+
+    @contextmanager
+    def scoring(self, audio_seconds: float):
+        """Time one fold model scoring `audio_seconds` of audio."""
+        wall, cpu = time.perf_counter(), time.process_time()
+        yield
+        self.wall += time.perf_counter() - wall
+        self.cpu += time.process_time() - cpu
+        self.model_hours += audio_seconds / 3600.0
+
+    def figures(self, n_models: int, test_seconds: float, project_hours: float = 0.0) -> dict:
+        """Seconds per hour of audio for all `n_models` fold models, and the projected wall
+        time of a test set of `project_hours` (0: `test_seconds` of audio) with the model
+        loading; {} when nothing was timed (every fold kept from a crashed run)."""
+        if self.model_hours <= 0:
+            return {}
+        hours = project_hours or test_seconds / 3600.0
+        wall_per_hour = n_models * self.wall / self.model_hours
+        load = n_models * self.load / max(self.loaded, 1)
+        return {"runtime": self.runtime, "threads": self.threads, "fold_models": n_models,
+                "cpu_s_per_audio_hour": round(n_models * self.cpu / self.model_hours, 2),
+                "wall_s_per_audio_hour": round(wall_per_hour, 2),
+                "load_s": round(load, 2), "test_audio_hours": round(hours, 4),
+                "projected_s": round(wall_per_hour * hours + load, 1)}
+
+
+def speed_line(fig: dict) -> str:
+    """One printed line of InferenceClock.figures."""
+    if not fig:
+        return "test inference: every fold's scores were kept from the crashed run, none timed"
+    return (f"test inference ({fig['runtime']}, {fig['threads']} threads, {fig['fold_models']} "
+            f"fold models): {fig['cpu_s_per_audio_hour']:.1f} CPU s "
+            f"({fig['wall_s_per_audio_hour']:.1f} s wall) per hour of audio; test set of "
+            f"{fig['test_audio_hours']:.3g} h: "
+            f"{fig['projected_s']:.0f} s projected ({fig['load_s']:.0f} s of it loading models)")

@@ -19,7 +19,7 @@ import pandas as pd
 from common.cli import ConfigError
 
 PACKAGES = ("torch", "torchvision", "timm", "librosa", "soundfile", "soxr", "numpy",
-            "pandas", "scikit-learn", "albumentations")
+            "pandas", "scikit-learn", "albumentations", "onnx", "onnxruntime")
 
 
 # ----------------------------------------------------------------------------- atomic writes

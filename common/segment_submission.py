@@ -30,7 +30,8 @@ import pandas as pd
 
 from common import blend, metrics, runs
 from common.cli import ConfigError
-from common.sed import load_checkpoint
+from common.infer import InferenceClock
+from common.onnx_runtime import load_fold_model
 from common.segments import SegmentSet
 
 KINDS = ("birds", "probabilities")
@@ -55,17 +56,22 @@ def load_segments(prep) -> pd.DataFrame:
 
 
 def predict(infos: list, weights, preps: dict, table: pd.DataFrame, batch: int,
-            device) -> np.ndarray:
-    """(N, K) blended probabilities of the segments of `table`, in its order."""
-    per_run = []
+            device, runtime: str = "torch", clock: InferenceClock | None = None,
+            onnx_dir=None) -> np.ndarray:
+    """(N, K) blended probabilities of the segments of `table`, in its order; the fold
+    models run by `runtime` (common/onnx_runtime.py), each timed by `clock`."""
+    per_run, clock = [], clock or InferenceClock(runtime)
     for info in infos:
         run_prep, mcfg = preps[info["preprocess"]], info["mcfg"]
         seg = SegmentSet(table, run_prep.annotations.iloc[:0], run_prep.classes,
                          run_prep.sample_rate, mcfg["crop_seconds"])
+        audio_s = sum(run_prep.cache.length(r) for r in seg.ids) / run_prep.sample_rate
         folds = []
         for fold in info["folds"]:
-            model, _ = load_checkpoint(info["dir"] / f"fold{fold}.pth", device)
-            folds.append(metrics.sigmoid(seg.logits(model, run_prep.cache, batch, device)))
+            with clock.loading():
+                model = load_fold_model(info["dir"] / f"fold{fold}.pth", device, runtime, onnx_dir)
+            with clock.scoring(audio_s):
+                folds.append(metrics.sigmoid(seg.logits(model, run_prep.cache, batch, device)))
             print(f"  {info['name']} fold {fold}: {len(seg.table)} test segments scored",
                   flush=True)
         per_run.append(np.mean(folds, axis=0))
@@ -171,10 +177,11 @@ def check(sub: pd.DataFrame, kind: str, columns: list, row_ids: list, classes: l
 
 
 def write(run_dir: Path, prep, preps: dict, infos: list, weights, segment_f1: dict,
-          input_dir, batch: int, device) -> dict:
+          input_dir, batch: int, device, runtime: str = "torch",
+          clock: InferenceClock | None = None) -> dict:
     """Predict, align, check and write submission.csv; returns the facts for the report."""
     kind, table = kind_of(prep), load_segments(prep)
-    probs = predict(infos, weights, preps, table, batch, device)
+    probs = predict(infos, weights, preps, table, batch, device, runtime, clock, run_dir / "onnx")
     threshold, chosen = threshold_of(segment_f1) if kind == "birds" else (None, "")
     path = Path(input_dir) / "sample_submission.csv"
     sample = pd.read_csv(path, dtype=str) if path.is_file() else None

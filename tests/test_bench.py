@@ -1,8 +1,8 @@
-"""`make bench` end to end at a tiny size: every figure and ratio of issues 6 and 20 is
+"""`make bench` end to end at a tiny size: every figure and ratio of issues 6, 19 and 20 is
 measured, finite and written to bench.json (fp32 and CPU bf16 model figures from the same
-run), and the floor ratio and decode+resample bound are consistent with the figures they
-come from. (The targets themselves are checked by running the bench, not here: speed is not
-a unit-test property.)"""
+run; torch eager and ONNX Runtime on the CPU), and the floor ratio and decode+resample bound
+are consistent with the figures they come from. (The targets themselves are checked by
+running the bench, not here: speed is not a unit-test property.)"""
 from __future__ import annotations
 
 import json
@@ -13,7 +13,8 @@ import sys
 from tests.conftest import ROOT
 
 RATIOS = ("preprocess_vs_floor_ratio", "preprocess_vs_decode_ratio", "train_vs_model_ratio",
-          "infer_vs_model_ratio", "memory_10x_length_ratio")  # + *_bf16 with --compare_amp=bf16
+          "infer_vs_model_ratio", "memory_10x_length_ratio",
+          "onnx_vs_eager_ratio")  # + *_bf16 with --compare_amp=bf16
 
 
 def test_bench_runs_and_writes_every_ratio(tmp_path):
@@ -47,6 +48,11 @@ def test_bench_runs_and_writes_every_ratio(tmp_path):
                         pre["preprocess_1_worker_x"] / pre["decode_only_x"], rel_tol=1e-9)
     model = result["model"]
     assert model["train_samples_per_epoch"] > 0 and model["infer_windows"] > 0
+    # onnxruntime against torch eager on the same model and batches (issue 19)
+    assert math.isclose(result["onnx_vs_eager_ratio"],
+                        model["forward_onnx_x"] / model["forward_x"], rel_tol=1e-9)
+    assert math.isclose(result["infer_onnx_vs_eager_ratio"],
+                        model["infer_onnx_x"] / model["infer_x"], rel_tol=1e-9)
     # the bf16 comparison (make bench's default) is too slow on a 2-core CPU for the suite:
     # here fp32 alone, the loop against the pure model at that precision
     assert model["amps"] == ["none"] and result["config"]["compare_amp"] == "none"

@@ -228,6 +228,17 @@ def test_2023_demo_end_to_end_writes_a_checked_probability_submission(tmp_path):
         "metrics.json").read_text())
     assert 0 <= stage1["local_roc_auc"] <= 1 and 0 <= stage1["local_cmap"] <= 1
     assert "local_roc_auc" in (run / "report.md").read_text()
+    # the same segments through onnxruntime (issue 19): the same probabilities, timed
+    assert summary["ensemble"]["infer_speed"]["runtime"] == "torch"
+    proc = run_script("05_ensemble", "--cfg_file=profiles/birdclef2023_demo.json",
+                      f"--input_dir={data}", f"--work_dir={tmp_path / 'work'}", "--n_pictures=0",
+                      "--runtime=onnx", "--tag=onnx")
+    onnx = pd.read_csv(tmp_path / "work" / "ensemble" / "onnx" / "submission.csv")
+    assert onnx["row_id"].equals(sub["row_id"])
+    np.testing.assert_allclose(onnx[sample.columns[1:]].to_numpy(), values, rtol=1e-4, atol=1e-6)
+    speed = json.loads((tmp_path / "work" / "summary.json").read_text())["ensemble"]["infer_speed"]
+    assert speed["runtime"] == "onnx" and speed["wall_s_per_audio_hour"] > 0
+    assert "test inference (onnx" in proc.stdout and "per hour of audio" in proc.stdout
 
 
 def test_2021_demo_with_test_soundscapes_writes_birds(tmp_path):

@@ -1,0 +1,201 @@
+"""Fold models run by ONNX Runtime on the CPU (05's `--runtime=onnx`).
+
+A checkpoint is exported once to `fold{k}.onnx` beside it (or into a cache folder when the
+run folder is read-only, e.g. an attached Kaggle dataset) and exported again when the
+checkpoint is newer or another window length is asked for. The graph takes float32 waves
+(B, window) with a dynamic batch axis; the window (the training crop) is fixed. Every
+export is checked against the torch model on seeded noise at batch sizes 1 and 3 before
+it is written: an output that differs by more than RTOL x its largest magnitude + ATOL
+stops with the backbone named. `OnnxSED` is called like `SEDModel` and returns the same
+dict (clip_logit, clip_prob (B, K), frame_logit, frame_prob (B, T, K), torch tensors on
+the CPU), so common.infer's window loops run either. The mel front end exports through
+ONNX's STFT op (common/features.py); a backbone with an op the exporter lacks (the kit's
+wavenet: adaptive pooling to a length the exporter cannot see) is named in the error,
+which suggests `--runtime=torch`.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.cli import ConfigError
+from common.runs import atomic_write
+from common.sed import load_checkpoint
+
+RUNTIMES = ("torch", "onnx")
+OUTPUTS = ("clip_logit", "clip_prob", "frame_logit", "frame_prob")
+OPSET = 17        # the first opset with STFT
+RTOL, ATOL = 1e-3, 1e-4
+CHECK_BATCHES = (1, 3)  # neither is the export's batch (2): the batch axis must be dynamic
+# messages of the exporter that say nothing about this model: the TorchScript exporter's
+# deprecation (it needs no onnxscript), stft's real pairs, Slice constant folding
+QUIET = ("You are using the legacy TorchScript-based ONNX export", "The feature will be removed",
+         "stft with return_complex=False is deprecated", "Constant folding")
+
+
+class OnnxExportError(ConfigError):
+    """A fold model that cannot be exported, or whose export differs from torch."""
+
+
+class OnnxSED:
+    """An exported SEDModel in an onnxruntime session: (B, window) waves -> the model's dict.
+    `threads` intra-op threads (default torch.get_num_threads(), as the torch path uses)."""
+
+    training = False
+
+    def __init__(self, source: str | Path | bytes, model_cfg: dict, window: int,
+                 threads: int = 0):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        self.threads = options.intra_op_num_threads
+        self.session = ort.InferenceSession(source if isinstance(source, bytes) else str(source),
+                                            options, providers=["CPUExecutionProvider"])
+        self.model_cfg, self.window = model_cfg, window
+
+    def eval(self) -> "OnnxSED":
+        return self
+
+    def __call__(self, wave: torch.Tensor) -> dict:
+        if wave.shape[-1] != self.window:
+            raise ValueError(f"the ONNX model takes windows of {self.window} samples, got "
+                             f"{wave.shape[-1]}")
+        got = self.session.run(list(OUTPUTS), {"wave": wave.detach().cpu().float().numpy()})
+        return {k: torch.from_numpy(v) for k, v in zip(OUTPUTS, got)}
+
+
+@contextlib.contextmanager
+def quiet_stdout():
+    """File descriptor 1 to /dev/null: the TorchScript exporter of torch 2.14 turns its C++
+    log on for every export and writes the whole graph there when an op fails to export,
+    hundreds of lines before the one-line error that says which backbone and what to do."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def export_bytes(model, window: int) -> bytes:
+    """The ONNX graph of `model` (an SEDModel on the CPU) for (B, window) waves."""
+    model = model.cpu().eval()
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad(), quiet_stdout():
+        for message in QUIET:
+            warnings.filterwarnings("ignore", message=message)
+        torch.onnx.export(model, (torch.zeros(2, window),), buffer, input_names=["wave"],
+                          output_names=list(OUTPUTS), dynamic_axes={"wave": {0: "batch"}},
+                          opset_version=OPSET, dynamo=False)
+    return buffer.getvalue()
+
+
+def check(onnx_model: OnnxSED, model, what: str) -> float:
+    """Raise OnnxExportError unless onnxruntime's outputs equal the torch model's within
+    RTOL x max|torch| + ATOL on seeded noise, at each batch size of CHECK_BATCHES; returns
+    the largest difference."""
+    gen = torch.Generator().manual_seed(0)
+    worst = 0.0
+    for batch in CHECK_BATCHES:
+        wave = 0.1 * torch.randn(batch, onnx_model.window, generator=gen)
+        with torch.inference_mode():
+            ref = model.eval()(wave)
+        got = onnx_model(wave)
+        for key in OUTPUTS:
+            want = ref[key].float().numpy()
+            if got[key].shape != want.shape:
+                raise OnnxExportError(f"{what}: ONNX {key} has shape {tuple(got[key].shape)}, "
+                                      f"torch {want.shape} at batch {batch}; use --runtime=torch")
+            diff = float(np.abs(got[key].numpy() - want).max())
+            bound = RTOL * float(np.abs(want).max()) + ATOL
+            if not diff <= bound:
+                raise OnnxExportError(f"{what}: onnxruntime's {key} differs from torch's by "
+                                      f"{diff:.3g} (tolerance {bound:.3g}) at batch {batch}; "
+                                      "use --runtime=torch")
+            worst = max(worst, diff)
+    return worst
+
+
+def exported(model, window: int, what: str = "") -> tuple[OnnxSED, bytes]:
+    """Export `model` for `window`-sample waves, load it in onnxruntime and check it against
+    the torch model: (the checked OnnxSED, the graph's bytes)."""
+    backbone = model.model_cfg["backbone"]
+    what = what or f"backbone {backbone}"
+    try:
+        data = export_bytes(model, window)
+    except Exception as err:  # the exporter's errors have no common base class
+        raise OnnxExportError(f"{what}: backbone {backbone} cannot be exported to ONNX "
+                              f"({reason(err)}); use --runtime=torch") from None
+    onnx_model = OnnxSED(data, model.model_cfg, window)
+    check(onnx_model, model, what)
+    return onnx_model, with_window(data, window)
+
+
+def reason(err: Exception) -> str:
+    """The exporter's message without its graph dump and its request for a pull request."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    for tail in ("Please feel free", "[Caused by"):
+        text = text.split(tail)[0]
+    return text.strip()[:300]
+
+
+def with_window(data: bytes, window: int) -> bytes:
+    """The graph with the window length in its metadata (read back by load_onnx)."""
+    import onnx
+
+    proto = onnx.load_from_string(data)
+    onnx.helper.set_model_props(proto, {"window": str(window)})
+    return proto.SerializeToString()
+
+
+def onnx_path(checkpoint: Path, cache_dir: str | Path | None = None) -> Path:
+    """fold{k}.onnx beside the checkpoint when its folder is writable, else in `cache_dir`
+    named by stage, run and fold."""
+    checkpoint = Path(checkpoint)
+    if cache_dir is None or os.access(checkpoint.parent, os.W_OK):
+        return checkpoint.with_suffix(".onnx")
+    parts = [checkpoint.parent.parent.name, checkpoint.parent.name, checkpoint.stem]
+    return Path(cache_dir) / ("_".join(parts) + ".onnx")
+
+
+def load_onnx(checkpoint, cache_dir=None) -> OnnxSED:
+    """The checkpoint's model in onnxruntime: exported and checked unless an export of it
+    (not older than the checkpoint) for its crop length is cached (module docstring)."""
+    checkpoint = Path(checkpoint)
+    model, ckpt = load_checkpoint(checkpoint, "cpu")
+    mcfg = ckpt["model_cfg"]
+    window = int(round(mcfg["crop_seconds"] * mcfg["sample_rate"]))
+    path = onnx_path(checkpoint, cache_dir)
+    if path.is_file() and path.stat().st_mtime >= checkpoint.stat().st_mtime:
+        onnx_model = OnnxSED(path, model.model_cfg, window)
+        if onnx_model.session.get_modelmeta().custom_metadata_map.get("window") == str(window):
+            return onnx_model
+    onnx_model, data = exported(model, window, what=str(checkpoint))
+    atomic_write(path, lambda f: f.write(data), mode="wb")
+    return onnx_model
+
+
+def load_fold_model(checkpoint, device, runtime: str = "torch", cache_dir=None):
+    """A fold model for test inference: the torch SEDModel on `device`, or (runtime onnx)
+    its ONNX export in onnxruntime on the CPU. Both are called alike (common.infer)."""
+    if runtime == "torch":
+        return load_checkpoint(checkpoint, device)[0]
+    if runtime != "onnx":
+        raise ConfigError(f"runtime={runtime!r}: choose one of {', '.join(RUNTIMES)}")
+    if torch.device(device).type != "cpu":
+        raise ConfigError(f"runtime=onnx runs on the CPU (onnxruntime's CPU build), not "
+                          f"{device}: use --device=cpu, or --runtime=torch")
+    return load_onnx(checkpoint, cache_dir)
