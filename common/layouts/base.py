@@ -25,7 +25,8 @@ class Inputs:
     """What one layout found in INPUT_DIR.
 
     files      (recording_id, split, path) of every audio file to decode; split is train,
-               test, or soundscape (labelled, held out of training: clips only)
+               test, soundscape (labelled, held out of training: clips only) or unlabeled
+               (no annotations, no fold, no test row: 03 pseudo-labels it for self-training)
     classes    the class list, in submission order
     annotate   annotate(recordings, report, sample_rate) -> (annotation table of the train
                recordings, test clip truth or None, test events or None), checked against the
