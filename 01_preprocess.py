@@ -5,7 +5,8 @@ Reads  INPUT_DIR in one of the input layouts (common/layouts/), found by what it
        sample_submission.csv), BirdCLEF 2021 (train_metadata.csv, train_short_audio/,
        train_soundscape_labels.csv, test_soundscapes/), BirdCLEF 2023-2025 (train.csv or
        train_metadata.csv, train_audio/, taxonomy, sample_submission.csv with a column per
-       class, test_soundscapes/), Raven selection tables (one per recording, or with a
+       class, test_soundscapes/; --max_unlabeled: unlabeled soundscapes as recordings
+       without annotations for self-training), Raven selection tables (one per recording, or with a
        Begin File column), or one CSV/TSV of boxes (OpenSoundscape's and ketos' column names
        read unchanged); audio (WAV/FLAC/OGG/MP3) in any folder tree. Kaggle's
        /kaggle/input/rfcx-species-audio-detection is used when present, else data/demo, which
@@ -78,6 +79,9 @@ class CFG:
     secondary_labels: bool = True  # BirdCLEF: clips also get +1 rows for their secondary labels
     min_rating: float = 0.0    # BirdCLEF 2023-2025: leave out clips rated below this (0-5;
                                # unrated clips, rating 0, are kept); 0 = keep all
+    max_unlabeled: int = 0     # BirdCLEF 2023-2025: unlabeled soundscapes (train_soundscapes/,
+                               # unlabeled_soundscapes/) cached for 03 to pseudo-label (self-
+                               # training); 0 = none, -1 = all, N = a draw of N (seed)
     # input layout (common/layouts/)
     layout: str = "auto"       # auto | birdclef2023 | birdclef2021 | rfcx | raven | boxes
     classes: str = "species"   # species: one class per submission column | species_songtype
@@ -315,7 +319,9 @@ def main(cfg: CFG) -> Path:
     print(f"preprocess ({inputs.layout} layout): {report['cached']}/{report['files']} files cached "
           f"({report['duration_s']['total'] / 3600:.2f} h of audio), {report['failed']} skipped "
           f"(listed in {run_dir / 'report.json'}), {len(ann)} annotation rows, "
-          f"{len(ok) - len(set(ok.loc[ok['split'] != 'test', 'recording_id']))} test recordings, "
+          f"{int((ok['split'] == 'test').sum())} test recordings"
+          + (f", {int((ok['split'] == 'unlabeled').sum())} unlabeled (no fold)"
+             if (ok["split"] == "unlabeled").any() else "") + ", "
           f"{report['seconds']:.0f}s -> {run_dir}", flush=True)
     return run_dir
 

@@ -1,9 +1,14 @@
-"""Pseudo labels: fold models vote on overlapping windows of train and test recordings.
+"""Pseudo labels: fold models vote on overlapping windows of train and test recordings, and
+on the 5 s segments of unlabeled soundscapes (self-training).
 
 Each recording is cut into windows as long as the models' training crop, every
 `infer_stride_seconds` (0: half a window), the last one flush with the end, so the whole
 recording is covered for any crop length. A (window, species) is a pseudo positive where
-enough allowed models give p >= the species' threshold.
+enough allowed models give p >= the species' threshold. An unlabeled soundscape (01
+--max_unlabeled, BirdCLEF 2023-2025) gets one window per 5 s segment, centred on it; with
+`--soft=true` its rows are soft targets instead of votes: per class the allowed voters' mean
+probability ** `soft_power`, entries below `soft_floor` zeroed (common/soft_labels.py).
+`vote_splits` chooses the recordings voted on (train, test, unlabeled).
 
 Honest CV (common/provenance.py): the rows that fold k's next stage may train on are voted
 only by models that never trained on fold k's validation recordings (in one level of
@@ -26,7 +31,8 @@ hurt).
 Reads  the fold checkpoints, oof.csv and trained_on.csv of a stage-1/2/3 run
        (--source=stage2 --source_tag=latest).
 Writes WORK_DIR/pseudo/<tag>/: pseudo_labels.csv (recording_id, window, t_start, t_end,
-       class, score, votes, n_models, voters, fold, label), thresholds.csv (per species:
+       class, score, votes, n_models, voters, fold, label, target: the soft target, empty
+       for a vote; a soft row has label 0), thresholds.csv (per species:
        threshold, OOF precision and positives, windows), summary.json, manifest.json;
        pseudo.* figures in WORK_DIR/summary.json. The same command run again continues a
        crashed run, keeping the votes of the fold models it had finished (partial/).
@@ -34,21 +40,21 @@ Writes WORK_DIR/pseudo/<tag>/: pseudo_labels.csv (recording_id, window, t_start,
 Examples:
     python 03_pseudo_label.py --cfg_file=profiles/demo.json
     python 03_pseudo_label.py --source=stage1 --target_precision=0 --threshold=0.6
+    python 03_pseudo_label.py --source=stage1 --vote_splits=unlabeled --soft=true --soft_power=2
 """
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from common import metrics, paths, provenance, runs
+from common import metrics, paths, provenance, runs, segments, soft_labels
 from common.cli import ConfigError, cfg_dict, run
-from common.data import overlap_hit
 from common.infer import predict_windows, resolve_device
+from common.pseudo_checks import agreement, positives_on, precision_vs_events
 from common.sed import load_checkpoint
 from common.stage import open_run
 
@@ -71,6 +77,11 @@ class CFG:
     vote_on_trained: bool = False  # a model may also label annotated recordings it trained on
     pseudo_negatives: bool = False
     neg_threshold: float = 0.05    # pseudo negative: every voter below this
+    vote_splits: list[str] = field(default_factory=lambda: ["train", "test", "unlabeled"])
+    #                                recordings voted on, by split (unlabeled: 01 --max_unlabeled)
+    soft: bool = False             # unlabeled recordings: soft targets, not 0/1 votes
+    soft_power: float = 1.0        # soft target = voters' mean probability ** this (> 1 sharpens)
+    soft_floor: float = 0.05       # a target below this is 0; a window with none above is left out
     min_overlap: float = 0.5       # s, to match a pseudo window with a TP/FP box (summary)
     infer_batch: int = 64
     device: str = "auto"
@@ -158,85 +169,51 @@ def predict_all(cfg, src_dir, folds, prep, plan, may, window, device, run_dir) -
 
 def build_table(cfg, prep, plan, probs, window_s, n_folds, thresholds, clean) -> pd.DataFrame:
     """Rows for each fold k: on every recording fold k may train on, the votes of the clean
-    voters of k that may label it (see the module docstring)."""
-    rows = []
+    voters of k that may label it, or their soft targets (--soft, unlabeled recordings)."""
+    rows, soft_ids = [], set(prep.ids(soft_labels.UNLABELED)) if cfg.soft else set()
     for k, voters_k in clean.items():
         excluded = provenance.excluded_ids(prep.folds, k)
         for rid in plan:
-            if rid in excluded:
-                continue
             voters = [j for j in voters_k if rid in probs[j]]
-            if not voters:
+            if rid in excluded or not voters:
                 continue
             p = np.stack([probs[j][rid] for j in voters])
+            who = provenance.join_voters(voters)
+            if rid in soft_ids:
+                rows += soft_labels.soft_rows(rid, plan[rid], window_s, p, cfg.soft_power,
+                                              cfg.soft_floor, prep.classes, who, k)
+                continue
             pos, votes = vote(p, thresholds, cfg.min_votes, n_folds)
             neg = (p < cfg.neg_threshold).all(axis=0) if cfg.pseudo_negatives else np.zeros_like(pos)
             score = p.mean(axis=0)
-            who = provenance.join_voters(voters)
             for w, c in zip(*np.nonzero(pos | neg)):
                 start = float(plan[rid][w])
                 rows.append((rid, int(w), round(start, 3), round(start + window_s, 3),
                              prep.classes[c], float(score[w, c]), int(votes[w, c]), len(voters),
-                             who, k, 1 if pos[w, c] else -1))
+                             who, k, 1 if pos[w, c] else -1, np.nan))
     return pd.DataFrame(rows, columns=["recording_id", "window", "t_start", "t_end", "class",
-                                       "score", "votes", "n_models", "voters", "fold", "label"])
+                                       "score", "votes", "n_models", "voters", "fold", "label",
+                                       "target"])
 
 
-def match_events(events: pd.DataFrame, windows: pd.DataFrame, min_overlap: float) -> tuple:
-    """Events (recording_id, class, t_min, t_max) against windows (recording_id, class,
-    t_start, t_end) of the same recording and class, matched by overlap_hit: (events inside
-    some window, windows holding some event), boolean arrays in the rows' order."""
-    events, windows = events.reset_index(drop=True), windows.reset_index(drop=True)
-    event_hit, window_hit = np.zeros(len(events), bool), np.zeros(len(windows), bool)
-    by_key = windows.groupby(["recording_id", "class"]).indices
-    t0, t1 = events["t_min"].to_numpy(float)[:, None], events["t_max"].to_numpy(float)[:, None]
-    start, end = windows["t_start"].to_numpy(float), windows["t_end"].to_numpy(float)
-    for key, e in events.groupby(["recording_id", "class"]).indices.items():
-        w = by_key.get(key)
-        if w is not None:
-            hit = overlap_hit(t0[e], t1[e], start[w], end[w], min_overlap)  # (events, windows)
-            event_hit[e] |= hit.any(axis=1)
-            window_hit[w] |= hit.any(axis=0)
-    return event_hit, window_hit
-
-
-def agreement(table: pd.DataFrame, ann: pd.DataFrame, label: int, min_overlap: float, ids) -> float:
-    """Fraction of annotation rows with `label` (on recordings that got votes) covered by a
-    pseudo positive of the same class: recall against TP, false-positive rate against FP."""
-    rows = ann[(ann["label"] == label) & ann["recording_id"].isin(ids)]
-    covered, _ = match_events(rows, table[table["label"] > 0], min_overlap)
-    return float(covered.mean()) if len(rows) else 0.0
-
-
-def precision_vs_events(table: pd.DataFrame, input_dir, n_folds: int,
-                        min_overlap: float = 0.5, species_of=str) -> dict | None:
-    """Demo only (INPUT_DIR/demo_events.csv lists every call placed): the share of pseudo
-    positives with a call of their species (`species_of(class)`, common/species.py) in the
-    window, for windows voted on by every fold model (`all_models`, the test recordings) and
-    by fewer (`fewer_models`)."""
-    path = Path(input_dir) / "demo_events.csv"
-    if not path.is_file():
-        return None
-    events = pd.read_csv(path, dtype={"recording_id": str})
-    calls = events[events["kind"] == "call"]
-    calls = calls.assign(**{"class": "s" + calls["species_id"].astype(str)})
-    pos = table[table["label"] > 0]
-    by_species = pos.assign(**{"class": pos["class"].map(species_of)})
-    _, right = match_events(calls, by_species, min_overlap)
-    full = (pos["n_models"] == n_folds).to_numpy()
-    return {name: {"windows": int(mask.sum()),
-                   "precision": float(right[mask].mean()) if mask.any() else None}
-            for name, mask in (("all_models", full), ("fewer_models", ~full))}
-
-
-def positives_on(pos: pd.DataFrame, prep) -> dict:
-    """Pseudo-positive windows on test recordings, train recordings with TP rows and the
-    other train recordings (FP-only: calls nobody annotated, each held out by one fold)."""
-    has_tp = set(prep.folds.loc[prep.folds["has_tp"].astype(bool), "recording_id"])
-    rid = pos["recording_id"]
-    test = rid.isin(set(prep.ids("test")))
-    tp = rid.isin(has_tp)
-    return {"test": int(test.sum()), "train_tp": int(tp.sum()), "train_fp_only": int((~test & ~tp).sum())}
+def voting_plan(cfg, prep, window_s: float) -> dict:
+    """{recording_id: window starts (s)} of the recordings of `vote_splits`: overlapping
+    windows (window_plan), one per 5 s segment on unlabeled soundscapes."""
+    known = ("train", "test", soft_labels.UNLABELED)
+    bad = [s for s in cfg.vote_splits if s not in known]
+    if bad or not cfg.vote_splits:
+        raise ConfigError(f"vote_splits={cfg.vote_splits}: choose among {', '.join(known)}")
+    if cfg.soft_power <= 0 or not 0 <= cfg.soft_floor <= 1:
+        raise ConfigError(f"soft_power={cfg.soft_power}, soft_floor={cfg.soft_floor}: the power "
+                          "must be > 0 and the floor in [0, 1]")
+    stride_s = cfg.infer_stride_seconds or window_s / 2
+    plan = {}
+    for split in cfg.vote_splits:
+        for rid in prep.ids(split):
+            plan[rid] = segments.segment_starts(prep.durations[rid], window_s) \
+                if split == soft_labels.UNLABELED else \
+                window_plan(prep.durations[rid], window_s, stride_s)
+    return plan
 
 
 def summarise(cfg, prep, table, probs, plan, n_folds: int, thresholds: pd.DataFrame) -> dict:
@@ -252,7 +229,10 @@ def summarise(cfg, prep, table, probs, plan, n_folds: int, thresholds: pd.DataFr
            "positives_per_fold": {int(k): int(v) for k, v in pos["fold"].value_counts().items()},
            "species_without_labels": [c for c, t in zip(prep.classes, thresholds["threshold"])
                                       if not np.isfinite(t)],
-           "positives_on": positives_on(pos, prep)}
+           "positives_on": positives_on(pos, prep),
+           "soft_windows": int(len(table.loc[table["target"].notna(), ["recording_id",
+                                                                      "t_start"]].drop_duplicates())),
+           "soft_entries": int(table["target"].notna().sum())}
     found = prep.test_truth(cfg.input_dir)
     if found is not None:  # demo: recording-level quality of the test pseudo positives
         ids, truth = found  # per species
@@ -307,9 +287,7 @@ def main(cfg: CFG) -> dict:
     annotated = set(prep.annotations["recording_id"])
     window_s = float(mcfg["crop_seconds"])
     window = int(round(window_s * prep.sample_rate))
-    stride_s = cfg.infer_stride_seconds or window_s / 2
-    plan = {rid: window_plan(prep.durations[rid], window_s, stride_s)
-            for rid in prep.ids("train") + prep.ids("test")}
+    plan = voting_plan(cfg, prep, window_s)
     clean = {k: provenance.clean_voters(seen, prep.folds, k) for k in folds}
     may = {j: {rid for rid in plan if provenance.may_vote(seen[j] & annotated, rid,
                                                           cfg.vote_on_trained)}
@@ -335,7 +313,7 @@ def main(cfg: CFG) -> dict:
                         ["pseudo_labels.csv", "thresholds.csv", "summary.json"], summary,
                         finished=True)
     runs.drop_partials(run_dir)
-    headline = {k: summary[k] for k in ("positives", "negatives", "recall_vs_tp",
+    headline = {k: summary[k] for k in ("positives", "negatives", "soft_windows", "recall_vs_tp",
                                          "fp_rate_vs_fp", "seconds")}
     checked = summary.get("precision_vs_events", {})
     for name, part in checked.items():  # demo: flat figures for summary.json
@@ -345,10 +323,13 @@ def main(cfg: CFG) -> dict:
     events = "".join(f", {name} {part['windows']} windows {part['precision']:.2f} right vs calls"
                      for name, part in checked.items() if part["windows"])
     on = summary["positives_on"]
+    soft = (f", {summary['soft_windows']} soft windows ({summary['soft_entries']} entries "
+            f">= {cfg.soft_floor})" if cfg.soft else "")
     print(f"pseudo {run_dir.name}: {summary['positives']} positive windows ({on['test']} test, "
-          f"{on['train_tp']} train with TP, {on['train_fp_only']} FP-only; per fold "
+          f"{on['train_tp']} train with TP, {on['unlabeled']} unlabeled, "
+          f"{on['train_fp_only']} FP-only; per fold "
           f"{summary['positives_per_fold']}, voters per fold {summary['clean_voters']}) from "
-          f"{cfg.source}/{src_dir.name}; {len(summary['species_without_labels'])} species below "
+          f"{cfg.source}/{src_dir.name}{soft}; {len(summary['species_without_labels'])} species below "
           f"the target precision; recall vs TP {summary['recall_vs_tp']:.3f}, "
           f"FP rate vs FP {summary['fp_rate_vs_fp']:.3f}{events} [{summary['seconds']:.0f}s]",
           flush=True)

@@ -5,7 +5,11 @@ pseudo labels, no zero term, no mixup; its models make the pseudo labels (03_pse
 Stage 3 (default): TP/FP rows plus pseudo windows (a pseudo positive turns an FP entry
 unknown and an unknown one +1; a pseudo negative only marks unknown entries -1),
 2 x positive focal + negative focal + zero term (BCE against 0.45 on unknown entries),
-last-layer mixup. `--neg_focal=false` makes the negative term plain BCE. Both use the TwoStream sampler (8 TP + 8 FP rows per batch) for 5 epochs.
+last-layer mixup. `--neg_focal=false` makes the negative term plain BCE. Soft pseudo rows
+(03 --soft, unlabeled soundscapes: a target in [0, 1] per class) anchor exact crops of their
+window in the TP stream like pseudo positives and add w_soft x BCE(z, target) on their
+entries (common/soft_labels.py). Both use the TwoStream sampler (8 TP + 8 FP rows per
+batch) for 5 epochs.
 `--w_rank` (off in the recipe, on in the demo profile) adds stage 1's LSEP on the +1 entries,
 so fine-tuning with the sigmoid terms keeps the within-crop ranking stage 1 learned.
 
@@ -31,7 +35,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from common import dist, paths, provenance, runs, stage
+from common import dist, paths, provenance, runs, soft_labels, stage
 from common.cli import cfg_dict, run
 from common.data import CropDataset, split_fold
 from common.losses import frame_loss, masked_focal_loss
@@ -71,6 +75,7 @@ class CFG:
     w_zero: float = 1.0            # unknown entries; 0 turns the term off (stage 2)
     zero_target: float = 0.45      # "zero label smoothing"
     w_rank: float = 0.0            # + w_rank * LSEP (+1 above the rest): keeps stage 1's ranking
+    w_soft: float = 1.0            # + w_soft * BCE(z, target) on the soft pseudo entries
     w_frame: float = 0.0           # + w_frame * masked frame BCE on the TP/FP boxes (pseudo
                                    # windows give no frame targets); 0 = off
     mixup: bool = True             # last-layer mixup on the encoder feature map
@@ -112,7 +117,7 @@ def load_pseudo(cfg: CFG) -> tuple[pd.DataFrame | None, str, dict]:
     trained = pd.read_csv(runs.find_run(cfg.work_dir, stage_name, tag) / "trained_on.csv",
                           dtype={"recording_id": str})
     seen = {int(f): set(g["recording_id"]) for f, g in trained.groupby("fold")}
-    keep = [c for c in ("recording_id", "class", "t_min", "t_max", "label", "voters")
+    keep = [c for c in ("recording_id", "class", "t_min", "t_max", "label", "voters", "target")
             if c in table.columns]
     return table[keep], run_dir.name, seen
 
@@ -122,23 +127,28 @@ def make_fold(cfg: CFG, prep, fold: int, init_dir, pseudo, voters_seen: dict, de
     ann = prep.annotations[prep.annotations["recording_id"].isin(train_ids)]
     tp_rows = ann[ann["label"] > 0]
     fp_rows = ann[ann["label"] < 0]
-    fold_pseudo, n_real_tp = None, len(tp_rows)
+    fold_pseudo, soft, n_real_tp = None, None, len(tp_rows)
     if pseudo is not None:  # only rows whose voters never saw fold k's validation labels
         clean = provenance.clean_voters(voters_seen, prep.folds, fold)
         fold_pseudo, dropped = provenance.clean_rows(pseudo, fold, clean, prep.folds)
-        print(f"fold {fold}: {int((fold_pseudo['label'] > 0).sum())} pseudo-positive windows "
-              f"from clean voters {clean}; {dropped} rows dropped (voted by a model that "
-              "trained on this fold's validation recordings, or on its own recordings)",
-              flush=True)
+        fold_pseudo, soft = soft_labels.split_soft(fold_pseudo)
+        n_soft = 0 if soft is None else len(soft_labels.windows_of(soft))
+        print(f"fold {fold}: {int((fold_pseudo['label'] > 0).sum())} pseudo-positive windows"
+              f"{f', {n_soft} soft windows' if n_soft else ''} from clean voters {clean}; "
+              f"{dropped} rows dropped (voted by a model that trained on this fold's "
+              "validation recordings, or on its own recordings)", flush=True)
         if cfg.pseudo_in_tp_stream:
-            tp_rows = tp_stream(tp_rows, fold_pseudo[fold_pseudo["label"] > 0], cfg.real_tp_share)
+            windows = fold_pseudo[fold_pseudo["label"] > 0]
+            if n_soft:
+                windows = pd.concat([windows, soft_labels.windows_of(soft)], ignore_index=True)
+            tp_rows = tp_stream(tp_rows, windows, cfg.real_tp_share)
     rows = pd.concat([tp_rows, fp_rows], ignore_index=True)
     model, _ = load_checkpoint(init_dir / f"fold{fold}.pth", device)
     n_frames = stage.frame_targets(cfg.w_frame, cfg.crop_seconds, prep, model)
     dataset = CropDataset(rows, ann, prep.cache, prep.classes, prep.sample_rate, cfg.crop_seconds,
                           prep.durations, seed=cfg.seed + fold, min_overlap=cfg.min_overlap,
                           pseudo=fold_pseudo, pseudo_overlap=cfg.pseudo_overlap,
-                          n_frames=n_frames)
+                          n_frames=n_frames, soft=soft)
     sampler = TwoStreamSampler(len(tp_rows), len(fp_rows), cfg.tp_per_batch, cfg.fp_per_batch,
                                seed=cfg.seed + fold, tp_epoch_rows=n_real_tp,
                                min_batches=cfg.min_epoch_steps)
@@ -153,16 +163,18 @@ def make_fold(cfg: CFG, prep, fold: int, init_dir, pseudo, voters_seen: dict, de
 
     def step(model, batch):
         wave, labels = batch[0], batch[1]
+        soft = batch[-1] if dataset.with_soft else None  # (B, K), NaN: no soft target
         if not cfg.mixup:
             out = model(wave)
-            loss = masked_focal_loss(out["clip_logit"].float(), labels, **loss_kw(cfg))
+            loss = masked_focal_loss(out["clip_logit"].float(), labels, soft=soft, **loss_kw(cfg))
             if n_frames:
                 loss = loss + cfg.w_frame * frame_loss(out["frame_logit"].float(), batch[2])
             return loss
         perm = torch.from_numpy(rng["gen"].permutation(len(wave))).to(wave.device)
         lam = float(rng["gen"].beta(cfg.mixup_alpha, cfg.mixup_alpha))
         out = model(wave, mix=(perm, lam))
-        loss = masked_focal_loss(out["clip_logit"].float(), labels, labels[perm], lam, **loss_kw(cfg))
+        loss = masked_focal_loss(out["clip_logit"].float(), labels, labels[perm], lam, soft=soft,
+                                 soft_b=None if soft is None else soft[perm], **loss_kw(cfg))
         if n_frames:  # mixed by lam, as the positive term: each component's boxes
             frames = out["frame_logit"].float()
             loss = loss + cfg.w_frame * (lam * frame_loss(frames, batch[2]) +
@@ -187,7 +199,7 @@ def tp_stream(tp_rows: pd.DataFrame, windows: pd.DataFrame, real_share: float) -
 def loss_kw(cfg: CFG) -> dict:
     return {"gamma": cfg.gamma, "w_pos": cfg.w_pos, "w_neg": cfg.w_neg, "w_zero": cfg.w_zero,
             "zero_target": cfg.zero_target, "mix_negative": cfg.mix_negative, "w_rank": cfg.w_rank,
-            "neg_focal": cfg.neg_focal}
+            "neg_focal": cfg.neg_focal, "w_soft": cfg.w_soft}
 
 
 def main(cfg: CFG) -> dict:

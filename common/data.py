@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from common import soft_labels
 from common.cli import ConfigError
 
 ANNOTATION_COLUMNS = ["recording_id", "class", "t_min", "t_max", "f_min", "f_max", "label"]
@@ -156,14 +157,17 @@ class CropDataset(torch.utils.data.Dataset):
     part of a crop outside the window).
     With `n_frames` > 0 an item also carries frame targets (n_frames, K) int8 from the
     annotation rows of `frame_events` (TP and FP boxes; see frame_labels); pseudo windows
-    give none.
+    give none. With `soft` rows (03 --soft: recording_id, t_min, t_max, class, target;
+    common/soft_labels.py) an item ends with soft targets (K,) float32: the targets of the
+    soft window covering at least `pseudo_overlap` of the crop (classes it does not list:
+    0), NaN where there is none or where an annotation row labels the entry.
     """
 
     def __init__(self, rows: pd.DataFrame, annotations: pd.DataFrame, cache, classes: list[str],
                  sample_rate: int, crop_seconds: float, durations: dict, seed: int = 0,
                  min_overlap: float = 0.5, pseudo: pd.DataFrame | None = None,
                  pseudo_overlap: float = 0.5, n_frames: int = 0,
-                 frame_events: pd.DataFrame | None = None):
+                 frame_events: pd.DataFrame | None = None, soft: pd.DataFrame | None = None):
         self.rows = rows.reset_index(drop=True)
         index = {c: i for i, c in enumerate(classes)}
         self.n_classes = len(classes)
@@ -183,6 +187,8 @@ class CropDataset(torch.utils.data.Dataset):
         self.frame_by_rec = {} if not n_frames else \
             {rid: event_arrays(grp, index) for rid, grp in
              (annotations if frame_events is None else frame_events).groupby("recording_id")}
+        self.with_soft = soft is not None and len(soft) > 0
+        self.soft_by_rec = soft_labels.by_recording(soft, index) if self.with_soft else {}
         self.exact = self.rows["exact"].fillna(False).to_numpy(bool) if "exact" in self.rows \
             else np.zeros(len(self.rows), bool)
 
@@ -194,7 +200,7 @@ class CropDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, idx: int):
         """(wave in the cache's dtype (float16 for the kit's caches; the model's device
-        converts it), labels float32)."""
+        converts it), labels float32[, frame targets][, soft targets])."""
         rng = np.random.default_rng([self.seed, self.epoch, idx])
         rid = self.rec[idx]
         start = float(self.t_min[idx]) if self.exact[idx] else \
@@ -206,11 +212,16 @@ class CropDataset(torch.utils.data.Dataset):
         if rid in self.pseudo_by_rec:
             labels = combine_pseudo(labels, event_labels(self.pseudo_by_rec[rid], start, end,
                                                          self.n_classes, self.pseudo_min_s))
-        if not self.n_frames:
-            return torch.from_numpy(wave), torch.from_numpy(labels)
-        frames = frame_labels(self.frame_by_rec.get(rid), start, self.crop, self.n_frames,
-                              self.n_classes)
-        return torch.from_numpy(wave), torch.from_numpy(labels), torch.from_numpy(frames)
+        item = (torch.from_numpy(wave), torch.from_numpy(labels))
+        if self.n_frames:
+            item += (torch.from_numpy(frame_labels(self.frame_by_rec.get(rid), start, self.crop,
+                                                   self.n_frames, self.n_classes)),)
+        if self.with_soft:  # a human's label (or a hard pseudo label) wins over a soft one
+            soft = soft_labels.crop_targets(self.soft_by_rec.get(rid), start, end,
+                                            self.pseudo_min_s, self.n_classes)
+            soft[labels != 0] = np.nan
+            item += (torch.from_numpy(soft),)
+        return item
 
 
 def combine_pseudo(base: np.ndarray, pseudo: np.ndarray) -> np.ndarray:

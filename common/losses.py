@@ -59,7 +59,8 @@ def masked_focal_loss(logits: torch.Tensor, labels: torch.Tensor, labels_b: torc
                       lam: float = 1.0, gamma: float = 2.0, w_pos: float = 2.0, w_neg: float = 1.0,
                       w_zero: float = 1.0, zero_target: float = 0.45,
                       mix_negative: bool = False, w_rank: float = 0.0,
-                      neg_focal: bool = True) -> torch.Tensor:
+                      neg_focal: bool = True, soft: torch.Tensor | None = None,
+                      soft_b: torch.Tensor | None = None, w_soft: float = 1.0) -> torch.Tensor:
     """Stage-2/3 loss: w_pos * pos + w_neg * neg + w_zero * zero, each term the mean over the
     batch entries its mask selects (so ~20 unknown classes per crop do not outweigh the one
     or two labelled ones; a term with no entry is 0).
@@ -75,17 +76,24 @@ def masked_focal_loss(logits: torch.Tensor, labels: torch.Tensor, labels_b: torc
     `w_rank` > 0 adds the stage-1 objective, w_rank * LSEP with the +1 entries as positives and
     every other entry as a negative (mixed by lam like the positive term): fine-tuning with
     the sigmoid terms alone lets the within-crop ranking that stage 1 learned drift.
+
+    `soft` (B, K) (`soft_b` of the mixup partner): soft pseudo targets in [0, 1] (03
+    --soft), NaN where an entry has none; their entries leave the zero term and get
+    w_soft * BCE(z, target), the mean over them, mixed by lam like the positive term.
     """
     ta = masked_focal_terms(logits, labels, gamma, zero_target, neg_focal)
-    # the terms mixed by lam: positive, zero and (when on) the rank term; LSEP takes the
-    # entries > 0.5 as positives, so the -1 and 0 entries are its negatives
-    mixed_terms = lambda t, y: w_pos * _mean(t["pos"], y > 0.5) \
-        + w_zero * _mean(t["zero"], y.abs() <= 0.5) \
+    # the terms mixed by lam: positive, zero, soft and (when on) the rank term; LSEP takes
+    # the entries > 0.5 as positives, so the -1, 0 and soft entries are its negatives
+    mixed_terms = lambda t, y, s: w_pos * _mean(t["pos"], y > 0.5) \
+        + w_zero * _mean(t["zero"], (y.abs() <= 0.5) & s.isnan()) \
+        + w_soft * _mean(soft_bce(logits, s), ~s.isnan()) \
         + (w_rank * lsep_loss(logits, y) if w_rank else 0.0)  # noqa: E731
+    sa = torch.full_like(logits, float("nan")) if soft is None else soft.to(logits)
     if labels_b is None:
-        return mixed_terms(ta, labels) + w_neg * _mean(ta["neg"], labels < -0.5)
+        return mixed_terms(ta, labels, sa) + w_neg * _mean(ta["neg"], labels < -0.5)
+    sb = torch.full_like(logits, float("nan")) if soft_b is None else soft_b.to(logits)
     tb = masked_focal_terms(logits, labels_b, gamma, zero_target, neg_focal)
-    mixed = lam * mixed_terms(ta, labels) + (1 - lam) * mixed_terms(tb, labels_b)
+    mixed = lam * mixed_terms(ta, labels, sa) + (1 - lam) * mixed_terms(tb, labels_b, sb)
     if mix_negative:
         neg = lam * _mean(ta["neg"], labels < -0.5) + (1 - lam) * _mean(tb["neg"], labels_b < -0.5)
     else:
@@ -94,6 +102,13 @@ def masked_focal_loss(logits: torch.Tensor, labels: torch.Tensor, labels_b: torc
         neg = (ta["neg"] * mask_a).sum() + (tb["neg"] * mask_b).sum()
         neg = neg / (mask_a.sum() + mask_b.sum()).clamp_min(1)
     return mixed + w_neg * neg
+
+
+def soft_bce(logits: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
+    """BCE(z, target) per entry (B, K) against soft targets; 0 where the target is NaN."""
+    has = ~soft.isnan()
+    return F.binary_cross_entropy_with_logits(logits, torch.where(has, soft, 0.0),
+                                              reduction="none") * has
 
 
 def _mean(term: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,8 @@ it (the segment itself when crop_seconds is 5), kept inside the recording.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
@@ -15,6 +17,22 @@ from common.data import window_labels
 from common.infer import predict_windows
 
 SEGMENT_SECONDS = 5.0  # BirdCLEF 2021 scores 5 s segments
+
+
+def segment_ends(duration: float) -> list[int]:
+    """Segment end seconds 5, 10, ... of a soundscape `duration` s long: a last part of at
+    least half a segment is a segment (common/layouts/soundscapes.py names the rows)."""
+    n = max(1, math.floor(duration / SEGMENT_SECONDS + 0.5))
+    return [int(SEGMENT_SECONDS * (k + 1)) for k in range(n)]
+
+
+def segment_starts(duration: float, window_s: float) -> np.ndarray:
+    """Window starts (s), one per segment of segment_ends: a window of `window_s` centred
+    on the segment, kept inside the recording (how 05 scores a test segment, and 03 an
+    unlabeled soundscape's)."""
+    centres = np.array(segment_ends(duration), float) - SEGMENT_SECONDS / 2
+    starts = np.clip(centres - window_s / 2, 0.0, max(duration - window_s, 0.0))
+    return np.unique(np.round(starts, 6))
 
 
 def clip_segments(recording_ids, durations: dict, seconds: float = SEGMENT_SECONDS) -> pd.DataFrame:

@@ -2,7 +2,8 @@
 
     rfcx          train/, test/, train_tp.csv, train_fp.csv (RFCx, the embedded demo, nips4b)
     birdclef2023  train.csv or train_metadata.csv, train_audio/, taxonomy, sample_submission.csv
-                  with a column per class, test_soundscapes/ (BirdCLEF 2023-2025)
+                  with a column per class, test_soundscapes/, unlabeled soundscapes
+                  (BirdCLEF 2023-2025)
     birdclef2021  train_metadata.csv, train_short_audio/, labelled train_soundscapes/
     raven         Raven selection tables, one per recording or with a Begin File column
     boxes         one CSV/TSV of boxes (OpenSoundscape, ketos and similar column names)

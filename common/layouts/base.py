@@ -25,7 +25,8 @@ class Inputs:
     """What one layout found in INPUT_DIR.
 
     files      (recording_id, split, path) of every audio file to decode; split is train,
-               test, or soundscape (labelled, held out of training: clips only)
+               test, soundscape (labelled, held out of training: clips only) or unlabeled
+               (no annotations, no fold, no test row: 03 pseudo-labels it for self-training)
     classes    the class list, in submission order
     species_of {class: species (a submission column)} where a class is a part of a species
                (RFCx song types, common/species.py); {}: every class is its own species

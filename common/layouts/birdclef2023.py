@@ -10,14 +10,19 @@
                           its order
     test_soundscapes/     (optional) <stem>.ogg: a row `<stem>_<end second>` per 5 s segment
                           (common/layouts/soundscapes.py); hidden until Kaggle reruns a kernel
+    train_soundscapes/, unlabeled_soundscapes/
+                          (optional) soundscapes without labels (2024: unlabeled_, 2025: train_)
 
 The classes are the sample submission's columns, in their order, each checked against the
 taxonomy; a primary label outside them stops 01 naming the train.csv row. Clips become
 whole-clip +1 rows as in the 2021 layout (secondary labels too unless
 --secondary_labels=false; one outside the class list is dropped and counted); with
 --min_rating=R, clips rated below R are left out (unrated ones, rating 0 or empty, are kept).
-train_soundscapes/ and unlabeled_soundscapes/ hold no labels and are not read (their count
-goes to report.json).
+train_soundscapes/ and unlabeled_soundscapes/ hold no labels. With --max_unlabeled=N (0, the
+default: none; -1: all) N of them, a draw seeded by --seed, are cached as recordings of split
+"unlabeled": no annotation row, never in a fold (so never validated, and every fold may
+train on them), for 03 to pseudo-label by their 5 s segments (self-training); report.json
+counts the files found and used.
 """
 from __future__ import annotations
 
@@ -140,8 +145,23 @@ def read_metadata(input_dir, classes: list, min_rating: float) -> tuple[pd.DataF
     return meta[["recording_id", "path", "primary_label", "secondary"]], facts
 
 
+def unlabeled_files(input_dir, limit: int, seed: int) -> tuple[list[Path], dict]:
+    """(the unlabeled soundscapes to cache, facts): every file of train_soundscapes/ and
+    unlabeled_soundscapes/ with limit -1, none with 0, else a seeded draw of `limit`
+    (sorted by path: the same files for the same folder and seed)."""
+    found = {name: audio_files(Path(input_dir) / name) for name in UNLABELED
+             if (Path(input_dir) / name).is_dir()}
+    paths = [p for name in found for p in found[name]]
+    if limit >= 0 and len(paths) > limit:
+        chosen = np.random.default_rng(seed).choice(len(paths), limit, replace=False)
+        paths = [paths[i] for i in sorted(chosen)]
+    return paths, {**{f"{k}_found": len(v) for k, v in found.items()},
+                   "unlabeled_used": len(paths)}
+
+
 def read(input_dir, cfg) -> Inputs:
-    """The clips (train) and the test soundscapes (test, when present)."""
+    """The clips (train), the test soundscapes (test, when present) and, with max_unlabeled,
+    unlabeled soundscapes (unlabeled: no annotations, no fold)."""
     classes = read_classes(input_dir)
     notes = check_taxonomy(input_dir, classes)
     meta, facts = read_metadata(input_dir, classes, float(getattr(cfg, "min_rating", 0.0)))
@@ -153,10 +173,15 @@ def read(input_dir, cfg) -> Inputs:
                           "the names of training clips; rename them")
     files = [(rid, "train", p) for rid, p in zip(meta["recording_id"], meta["path"])]
     files += [(p.stem, "test", str(p)) for p in tests]
-    unlabeled = {name: len(audio_files(Path(input_dir) / name)) for name in UNLABELED
-                 if (Path(input_dir) / name).is_dir()}
-    notes = {**notes, **facts, "test_soundscapes": len(tests),
-             **{f"{k}_not_used": n for k, n in unlabeled.items()}}
+    unlabeled, found = unlabeled_files(input_dir, int(getattr(cfg, "max_unlabeled", 0)),
+                                       int(getattr(cfg, "seed", 0)))
+    ids = recording_ids(unlabeled, input_dir)  # the stem, or the folder too where stems repeat
+    clash = sorted(set(ids.values()) & {rid for rid, _, _ in files})
+    if clash:
+        raise ConfigError(f"unlabeled soundscapes {clash[:3]} have the names of training clips "
+                          "or test soundscapes; rename them")
+    files += [(ids[p], "unlabeled", str(p)) for p in unlabeled]
+    notes = {**notes, **facts, "test_soundscapes": len(tests), **found}
     if not tests:
         print(f"no test soundscapes in {Path(input_dir) / soundscapes.FOLDER}: the run trains "
               "and validates, 05 blends on OOF predictions and writes no submission", flush=True)

@@ -13,14 +13,13 @@ it holds no whole segment, and the competitions never have one.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pandas as pd
 
 from common import audio
 from common.cli import ConfigError
-from common.segments import SEGMENT_SECONDS
+from common.segments import SEGMENT_SECONDS, segment_ends  # the rule above
 
 FOLDER = "test_soundscapes"
 COLUMNS = ["row_id", "recording_id", "t_min", "t_max"]
@@ -47,12 +46,6 @@ def check_lengths(paths: list) -> None:
             raise ConfigError(f"{path}: the test soundscape is {seconds:.2f} s long, shorter "
                               f"than one {SEGMENT_SECONDS:g} s segment, so it has no row to "
                               "predict; remove it from test_soundscapes/ (or pad it to 5 s)")
-
-
-def segment_ends(duration: float) -> list[int]:
-    """Segment end seconds 5, 10, ... of a soundscape `duration` s long (rule above)."""
-    n = max(1, math.floor(duration / SEGMENT_SECONDS + 0.5))
-    return [int(SEGMENT_SECONDS * (k + 1)) for k in range(n)]
 
 
 def segment_table(recordings: pd.DataFrame, prefix_of) -> pd.DataFrame:
