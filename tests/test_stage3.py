@@ -332,3 +332,17 @@ def test_clean_rows_of_an_empty_pseudo_table():
     empty = pd.DataFrame(columns=["recording_id", "t_min", "t_max", "class", "label", "voters"])
     kept, dropped = provenance.clean_rows(empty, 0, [0], folds)
     assert len(kept) == 0 and dropped == 0 and isinstance(dropped, int)
+
+
+def test_zero_target_follows_what_the_rows_label(scripts):
+    """zero_target -1 (default): 0.45 where rows are timed events (an unnamed entry may be an
+    unannotated call), 0 where they label whole clips (a clip names its species); a value set
+    by the user is kept either way."""
+    from types import SimpleNamespace
+    stage3 = scripts("04_train_stage3")
+    events, clips = SimpleNamespace(clips=False), SimpleNamespace(clips=True)
+    assert stage3.CFG().zero_target < 0
+    assert stage3.zero_target_for(-1.0, events) == 0.45
+    assert stage3.zero_target_for(-1.0, clips) == 0.0
+    assert stage3.zero_target_for(0.3, clips) == 0.3
+    assert stage3.zero_target_for(0.0, events) == 0.0
