@@ -11,7 +11,10 @@ calibration standardised per run first: 5th place RFCx), `rank` (mean per-class 
 `oof` (align with weights fitted on the runs' common OOF recordings). The test prior is
 estimated by EM (Saerens et al. 2002) on the calibrated blend and applied when a simulation
 on skewed resamples of the OOF recordings says it helps (`prior_scaling=auto`); priors.csv
-lists it next to the training prior. A run whose CV is below the best run's is named in
+lists it next to the training prior. Before it, a class-frequency term (weight x log share of
+train recordings with a TP row of the class, common/prior_term.py) is added where its weight,
+chosen on the cross-fitted OOF blend, lifts the OOF LWLRAP (`frequency_term=auto`); when it
+is on, the EM prior is not applied. A run whose CV is below the best run's is named in
 the report. The framewise outputs (mean over folds and runs, on the first run's frame
 grid) give the event table and Raven selection tables (per class, with its species).
 Calibration, the prior and the blend work on the model's classes; the submission (the
