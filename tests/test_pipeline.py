@@ -111,7 +111,9 @@ def test_stage2_pseudo_stage3_chain(pipeline):
     assert json.loads((pseudo / "manifest.json").read_text())["inputs"]["source"] == f"stage2/{s2.name}"
     table = pd.read_csv(pseudo / "pseudo_labels.csv", dtype={"recording_id": str, "voters": str})
     assert list(table.columns) == ["recording_id", "window", "t_start", "t_end", "class",
-                                   "score", "votes", "n_models", "voters", "fold", "label"]
+                                   "score", "votes", "n_models", "voters", "fold", "label",
+                                   "target"]
+    assert table["target"].isna().all()  # soft targets only with --soft on unlabeled recordings
     summary = json.loads((work / "summary.json").read_text())
     for section in ("stage2", "stage3"):
         assert 0 <= summary[section]["cv_lwlrap"] <= 1
