@@ -35,7 +35,7 @@ Writes WORK_DIR/ensemble/<tag>/: submission.csv, test_<stage>_<run>.csv (fold-bl
        logits per run), detections.csv, raven/<rid>.Table.1.selections.txt, pictures/*.png,
        report.md, report.json, manifest.json; ensemble.* in WORK_DIR/summary.json (with
        infer_speed: seconds per hour of test audio, projected test-set time); with
-       --runtime=onnx, fold{k}.onnx beside each checkpoint. The same command run again
+       --runtime=onnx|openvino, fold{k}.onnx beside each checkpoint. The same command run again
        continues a crashed run, keeping the test scores of the folds it had inferred (partial/).
 
 Examples:
@@ -43,6 +43,7 @@ Examples:
     python 05_ensemble.py --runs=stage3/latest,stage1/latest --blend=oof --prior_scaling=auto
     python 05_ensemble.py --runs=stage1/latest --detect=false --n_pictures=0   # quick
     python 05_ensemble.py --runtime=onnx      # test inference by ONNX Runtime on the CPU
+    python 05_ensemble.py --runtime=openvino  # the same graph compiled by OpenVINO
 """
 from __future__ import annotations
 
@@ -97,9 +98,10 @@ class CFG:
     top_species: int = 3           # species curves under each spectrogram
     infer_batch: int = 64          # windows per forward pass
     device: str = "auto"           # auto | cpu | cuda
-    runtime: str = "torch"         # test inference by torch | onnx (each fold model exported
-    #   once to fold{k}.onnx beside its checkpoint, checked against torch, run by onnxruntime
-    #   on the CPU with torch's thread count; common/onnx_runtime.py)
+    runtime: str = "torch"         # test inference by torch | onnx | openvino (each fold model
+    #   exported once to fold{k}.onnx beside its checkpoint, checked against torch, run by
+    #   onnxruntime or compiled by OpenVINO on the CPU with torch's thread count;
+    #   common/onnx_runtime.py; openvino was the faster on the 2-core CPU VM)
     test_audio_hours: float = 0.0  # hours of test audio to project the inference time for
     #                                (a hidden test set's); 0 = this run's test recordings
 
@@ -651,9 +653,10 @@ def finish_with_segments(cfg: CFG, run_dir: Path, prep, preps: dict, infos: list
 
 
 def inference_device(cfg: CFG, device):
-    """The test inference's device: onnxruntime runs on the CPU whatever --device says."""
-    if cfg.runtime == "onnx" and device.type != "cpu":
-        print(f"runtime onnx: test inference on the CPU (device {device} for the rest)", flush=True)
+    """The test inference's device: onnxruntime and OpenVINO run on the CPU whatever
+    --device says."""
+    if cfg.runtime != "torch" and device.type != "cpu":
+        print(f"runtime {cfg.runtime}: test inference on the CPU (device {device} for the rest)", flush=True)
         return torch.device("cpu")
     return device
 

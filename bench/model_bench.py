@@ -145,14 +145,17 @@ def inference(cfg, stage1, model, cache_dir: Path, ids: list, sr: int, device,
         sfx = amp_suffix(amp, amps[0])
         measures[f"infer_x{sfx}"] = (audio_s, real(amp))
         measures[f"forward_x{sfx}"] = (audio_s, forward(amp))
-    if device.type == "cpu" and amps[0] == "none":  # onnxruntime: CPU, float32
-        from common.onnx_runtime import exported
+    if device.type == "cpu" and amps[0] == "none":  # onnxruntime and OpenVINO: CPU, float32
+        from common.onnx_runtime import OpenVinoSED, check, exported
 
-        onnx_model, _ = exported(model, window)  # checked against torch on the way
-        measures["infer_onnx_x"] = (audio_s, lambda: predict_recordings(
-            onnx_model, cache, ids, window, stride, stage1.infer_batch, device))
-        measures["forward_onnx_x"] = (audio_s, forward("none", onnx_model))
-        measures["forward_onnx_x"][1]()  # warm-up
+        onnx_model, data = exported(model, window)  # checked against torch on the way
+        compiled = OpenVinoSED(data, onnx_model.model_cfg, window)
+        check(compiled, model, "bench model")
+        for name, runner in (("onnx", onnx_model), ("openvino", compiled)):
+            measures[f"infer_{name}_x"] = (audio_s, lambda runner=runner: predict_recordings(
+                runner, cache, ids, window, stride, stage1.infer_batch, device))
+            measures[f"forward_{name}_x"] = (audio_s, forward("none", runner))
+            measures[f"forward_{name}_x"][1]()  # warm-up
     return {"infer_audio_seconds": audio_s, "infer_windows": n_windows,
             "infer_stride_seconds": stride / sr, **interleaved_rates(measures, cfg.repeats)}
 

@@ -1,7 +1,7 @@
 """Issue 19, CPU-only inference: fold models exported to ONNX (common/onnx_runtime.py) give
 torch's outputs at any batch size, the export is cached beside the checkpoint and redone
 when the checkpoint is newer, a backbone that cannot be exported is named, and 05's
-`--runtime=onnx` scores the test recordings (RFCx layout) and the BirdCLEF segments as
+`--runtime=onnx` (and `openvino`, the same graph compiled by OpenVINO) scores the test recordings (RFCx layout) and the BirdCLEF segments as
 `--runtime=torch` does, with the inference speed in summary.json."""
 from __future__ import annotations
 
@@ -97,7 +97,7 @@ def test_05_runtime_onnx_scores_the_test_set_as_torch_does(tmp_path, scripts):
     work, data = fake_work_dir(tmp_path)
     ens = scripts("05_ensemble")
     outs = {}
-    for runtime in ("torch", "onnx"):
+    for runtime in ("torch", "onnx", "openvino"):
         cfg = ens.CFG(input_dir=str(data), work_dir=str(work), tag=runtime, n_pictures=0,
                       prior_scaling="none", calibrate="false", event_threshold=0.3,
                       infer_batch=4, runtime=runtime, test_audio_hours=2.0)
@@ -117,6 +117,21 @@ def test_05_runtime_onnx_scores_the_test_set_as_torch_does(tmp_path, scripts):
                                torch_scores.iloc[:, 1:].to_numpy(), rtol=1e-4, atol=1e-5)
     assert len(onnx_det) == len(torch_det)
     assert (work / "stage1" / "r0" / "fold1.onnx").is_file()
+    # OpenVINO compiles the same graph (fusing its arithmetic): equal within the export check
+    np.testing.assert_allclose(outs["openvino"][0].iloc[:, 1:].to_numpy(),
+                               torch_scores.iloc[:, 1:].to_numpy(), rtol=1e-3, atol=1e-4)
+
+
+def test_openvino_gives_torch_outputs_and_its_check_catches_wrong_weights():
+    torch.manual_seed(0)
+    model, other = build_model(TINY).eval(), build_model(TINY).eval()  # other weights
+    compiled = onnx_runtime.OpenVinoSED(onnx_runtime.export_bytes(model, 8000), model.model_cfg, 8000)
+    assert compiled.threads == torch.get_num_threads()
+    assert onnx_runtime.check(compiled, model, "same") < 1e-3
+    got = compiled(torch.zeros(2, 8000))
+    assert got["frame_prob"].shape == (2, 8000 // 128 + 1, 3)
+    with pytest.raises(OnnxExportError, match="openvino's .* differs from torch's"):
+        onnx_runtime.check(compiled, other, "other weights")
 
 
 def test_segment_submission_runtime_onnx_matches_torch(tmp_path, scripts):
