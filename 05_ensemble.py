@@ -101,7 +101,7 @@ class CFG:
     runtime: str = "torch"         # test inference by torch | onnx | openvino (each fold model
     #   exported once to fold{k}.onnx beside its checkpoint, checked against torch, run by
     #   onnxruntime or compiled by OpenVINO on the CPU with torch's thread count;
-    #   common/onnx_runtime.py; openvino was the faster on the 2-core CPU VM)
+    #   common/onnx_runtime.py; openvino was the faster on the 2-core CPU VM: 1.13x eager)
     test_audio_hours: float = 0.0  # hours of test audio to project the inference time for
     #                                (a hidden test set's); 0 = this run's test recordings
 

@@ -13,8 +13,8 @@ ONNX's STFT op (common/features.py); a backbone with an op the exporter lacks (t
 wavenet: adaptive pooling to a length the exporter cannot see) is named in the error,
 which suggests `--runtime=torch`. `--runtime=openvino` compiles the same checked ONNX file
 with OpenVINO's CPU plugin (float32, the torch thread count) and checks its outputs against
-torch in the same way at every load: on the 2-core AMD EPYC VM (AVX-512) it ran the demo
-model's forward 1.59x as fast as torch eager, where onnxruntime ran at 0.95x.
+torch in the same way at every load: in `make bench` on the idle 2-core AMD EPYC VM
+(AVX-512) it ran the demo model's forward at 1.13x torch eager, onnxruntime at 0.89x.
 """
 from __future__ import annotations
 
