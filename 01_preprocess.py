@@ -54,6 +54,7 @@ from tqdm.auto import tqdm
 
 from common import audio, data, layouts, paths, runs, shards
 from common.cli import cfg_dict, run
+from common.demos import ensure_demo
 from common.species import SpeciesMap
 
 
@@ -104,29 +105,6 @@ class CFG:
     #                            box labels that mean "none of the classes" (any case)
     shard: str = ""            # "i/n": cache files i, i+n, ... only (same --tag everywhere);
                                # "merge": finish the run from its shards (common/shards.py)
-
-
-def ensure_demo(cfg: CFG) -> None:
-    """Generate the embedded demo dataset if input_dir is the demo folder and it is empty."""
-    if paths.is_demo_input(cfg.input_dir, paths.BIRDCLEF_DEMO_INPUT) and \
-            not layouts.birdclef2021.detect(cfg.input_dir):
-        from common.demos.birdclef import BirdDemoSpec, write_birdclef_demo
-        print(f"writing the BirdCLEF-layout demo dataset to {cfg.input_dir}", flush=True)
-        write_birdclef_demo(cfg.input_dir, BirdDemoSpec(seed=cfg.demo_seed),
-                            workers=cfg.workers or os.cpu_count())
-    if paths.is_demo_input(cfg.input_dir, paths.BIRDCLEF2023_DEMO_INPUT) and \
-            not layouts.birdclef2023.detect(cfg.input_dir):
-        from common.demos.birdclef2023 import Bird2023DemoSpec, write_birdclef2023_demo
-        print(f"writing the BirdCLEF 2023-2025-layout demo dataset to {cfg.input_dir}", flush=True)
-        write_birdclef2023_demo(cfg.input_dir, Bird2023DemoSpec(seed=cfg.demo_seed),
-                                workers=cfg.workers or os.cpu_count())
-    if not paths.is_demo_input(cfg.input_dir) or (Path(cfg.input_dir) / "train_tp.csv").exists():
-        return
-    from common.demos.rfcx import DemoSpec, write_rfcx_demo
-    spec = DemoSpec(seed=cfg.demo_seed, n_train=cfg.demo_n_train, n_test=cfg.demo_n_test,
-                    duration=cfg.demo_duration)
-    print(f"writing the demo dataset to {cfg.input_dir} ({spec})", flush=True)
-    write_rfcx_demo(cfg.input_dir, spec, workers=cfg.workers or os.cpu_count())
 
 
 def cache_one(job: tuple) -> dict:
@@ -285,7 +263,8 @@ def write_tables(run_dir: Path, cfg: CFG, inputs, ok: pd.DataFrame, ann: pd.Data
 def main(cfg: CFG) -> Path:
     tic = time.time()
     layouts.check_classes(cfg)  # before the demo is written
-    ensure_demo(cfg)
+    ensure_demo(cfg.input_dir, cfg.demo_seed, cfg.workers or os.cpu_count(), cfg.demo_n_train,
+                cfg.demo_n_test, cfg.demo_duration)
     input_dir = Path(cfg.input_dir)
     inputs = layouts.read(input_dir, cfg)  # validates the tables before any decoding
     files = inputs.files

@@ -7,6 +7,30 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+from pathlib import Path
+
+
+def ensure_demo(input_dir, seed: int, workers: int, n_train: int, n_test: int,
+                duration: float) -> None:
+    """Write the embedded demo dataset of a demo folder (paths.*DEMO_INPUT) that does not
+    hold it yet (01 calls this first); any other input_dir is left alone."""
+    from common import layouts, paths
+    if paths.is_demo_input(input_dir, paths.BIRDCLEF_DEMO_INPUT) and \
+            not layouts.birdclef2021.detect(input_dir):
+        from common.demos.birdclef import BirdDemoSpec, write_birdclef_demo
+        print(f"writing the BirdCLEF-layout demo dataset to {input_dir}", flush=True)
+        write_birdclef_demo(input_dir, BirdDemoSpec(seed=seed), workers=workers)
+    if paths.is_demo_input(input_dir, paths.BIRDCLEF2023_DEMO_INPUT) and \
+            not layouts.birdclef2023.detect(input_dir):
+        from common.demos.birdclef2023 import Bird2023DemoSpec, write_birdclef2023_demo
+        print(f"writing the BirdCLEF 2023-2025-layout demo dataset to {input_dir}", flush=True)
+        write_birdclef2023_demo(input_dir, Bird2023DemoSpec(seed=seed), workers=workers)
+    if not paths.is_demo_input(input_dir) or (Path(input_dir) / "train_tp.csv").exists():
+        return
+    from common.demos.rfcx import DemoSpec, write_rfcx_demo
+    spec = DemoSpec(seed=seed, n_train=n_train, n_test=n_test, duration=duration)
+    print(f"writing the demo dataset to {input_dir} ({spec})", flush=True)
+    write_rfcx_demo(input_dir, spec, workers=workers)
 
 
 def spec_cli(argv, description: str, default_out: str, module: str, spec: str,
