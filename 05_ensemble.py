@@ -59,6 +59,7 @@ import torch
 from common import (blend, calibration, class_figures, detect, event_rule, heldout, metrics,
                     paths, plots, prior_term, report, runs, segment_submission, stage)
 from common.cli import ConfigError, cfg_dict, run
+from common.ensemble_report import blend_facts, render_report, report_rows
 from common.infer import (InferenceClock, frame_count, predict_frames, resample_frames,
                           resolve_device, speed_line)
 from common.onnx_runtime import RUNTIMES, load_fold_model
@@ -186,6 +187,14 @@ def fit_blend(cfg: CFG, infos: list, prep) -> dict:
     if not out["calibrated"]:
         for info in infos:
             info.pop("calibrator", None)
+    # the frequency term, for test recordings scored per recording (clip labels submit 5 s
+    # segments, which never take it); when on, its OOF LWLRAP is the blend's CV
+    setting = "none" if prep.clips else cfg.frequency_term
+    out["term"] = prior_term.for_blend(setting, out["blended"], truth, groups, species.lwlrap)
+    if out["term"]["weight"]:
+        out["cv_without_term"], out["cv_lwlrap"] = out["cv_lwlrap"], out["term"]["cv"]
+    if out["term"]["note"] != "off":
+        print(f"frequency term: {out['term']['note']}", flush=True)
     return out
 
 
@@ -260,22 +269,6 @@ def infer_run(cfg: CFG, info: dict, prep, ids: list, scored: dict, grid: dict,
     return info["calibrator"].apply(logits) if "calibrator" in info else info["test_raw"]
 
 
-# ----------------------------------------------------------------------------- scoring
-def score_test(found, ids: list, scores: np.ndarray, probs: np.ndarray | None = None,
-               to_species=np.asarray) -> dict:
-    """Test LWLRAP (and F1@0.5 of `probs`) where test truth exists (the demo), else {}; the
-    truth is per species, `scores` and `probs` per class (mapped by `to_species`)."""
-    if found is None:
-        return {}
-    truth_ids, truth = found
-    order = {rid: i for i, rid in enumerate(ids)}
-    rows = [order[r] for r in truth_ids]
-    out = {"test_lwlrap": metrics.lwlrap(truth, to_species(scores[rows]))}
-    if probs is not None:
-        out["test_f1"] = metrics.f1_at(truth, to_species(probs[rows]))["f1"]
-    return out
-
-
 def event_rule_of(cfg: CFG, infos: list, prep, preps: dict, weights, hop: int, device) -> dict:
     """The event threshold and minimum duration: as set, or chosen on OOF recordings."""
     if cfg.event_threshold > 0 or not cfg.detect:
@@ -332,86 +325,6 @@ def write_pictures(cfg: CFG, run_dir: Path, prep, infos: list, tracks: dict, pic
     return [str(p.relative_to(run_dir)) for p in out]
 
 
-# ----------------------------------------------------------------------------- report
-def report_rows(cfg: CFG, infos: list, fitted: dict, found, ids: list, out: dict,
-                to_species=np.asarray) -> list:
-    """Per run and for the blend: CV figures, and test figures per species where `found`."""
-    def score(scores, probs=None):
-        return score_test(found, ids, scores, probs, to_species)
-
-    rows = []
-    for info, w in zip(infos, fitted["weights"]):
-        row = {"run": info["name"], "backbone": info["mcfg"]["backbone"],
-               "resolution": stage.resolution(info["mcfg"]), "folds": len(info["folds"]),
-               "weight": float(w), "cv_lwlrap": info["cv_lwlrap"],
-               "oof_common": info["oof_common"], "oof_calibrated": info.get("oof_common_cal"),
-               **info["segment_f1"]}
-        if found is not None:
-            row.update(score(info["test_raw"], metrics.sigmoid(info["test"])))
-        if "calibrator" in info and found is not None:
-            row["test_lwlrap_calibrated"] = score(info["test"])["test_lwlrap"]
-        rows.append(row)
-    row = {"run": f"blend ({cfg.blend})", "weight": 1.0, "resolution": "",
-           "backbone": "+".join(sorted({r["backbone"] for r in rows})),
-           "folds": sum(r["folds"] for r in rows if r["weight"] > 0),
-           "cv_lwlrap": fitted["cv_lwlrap"], "oof_common": fitted["cv_lwlrap"],
-           **fitted["segment_f1"]}
-    if found is not None:
-        row.update(score(out["plain"], out["probs"]))
-    if out.get("prior_applied") is not None and found is not None:
-        row["test_lwlrap_prior"] = score(out["scaled"])["test_lwlrap"]
-    return rows + [row]
-
-
-def weaker_runs(infos: list, weights, calibrated: bool) -> list[str]:
-    """One line per run whose OOF LWLRAP (calibrated when the blend is) is below the best
-    run's: a stage that does not help on honest CV says so instead of hiding in the blend."""
-    key = "oof_common_cal" if calibrated else "oof_common"
-    best = max(infos, key=lambda i: i[key])
-    return [f"{i['name']}: CV {i[key]:.4f} is below {best['name']}'s {best[key]:.4f} "
-            f"(blend weight {w:.2f})" for i, w in zip(infos, weights) if i[key] < best[key]]
-
-
-def render_report(cfg: CFG, rows: list, facts: dict) -> str:
-    cols = [c for c in ("run", "backbone", "resolution", "folds", "weight", "cv_lwlrap",
-                        "oof_common", "oof_calibrated", "local_f1", "soundscape_f1",
-                        "local_roc_auc", "local_cmap", "test_lwlrap", "test_lwlrap_calibrated",
-                        "test_lwlrap_prior", "test_f1")
-            if any(c in r for r in rows)]
-    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else "" if v is None else str(v)  # noqa
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
-    notes = [f"- blend: {cfg.blend}; calibration: {cfg.calibrate} ({facts['calibration_note']}); "
-             f"prior scaling: {cfg.prior_scaling} ({facts.get('prior_note', 'off')}); "
-             f"frequency term: {cfg.frequency_term} ({facts.get('frequency_term', {}).get('note', 'off')})",
-             f"- oof_common: OOF LWLRAP on the {facts['n_common']} recordings in every run's "
-             "oof.csv; oof_calibrated: the same after per-class Platt scaling fitted on the "
-             "other folds (the blend's CV uses it); cv_lwlrap of a run: its own metrics.json"]
-    if "test_f1" in cols:
-        notes.append("- test_f1: F1@0.5 of sigmoid(logits); for the blend, of the weighted mean "
-                     "of the runs' probabilities (blended z-scores or ranks are no probabilities)")
-    if "local_f1" in rows[-1] or "soundscape_f1" in rows[-1]:
-        notes.append("- local_f1 / soundscape_f1: row F1@0.5 of 5 s segments (BirdCLEF 2021 rule); "
-                     "for the blend, of the weighted mean of the runs' segment probabilities")
-    if "local_roc_auc" in rows[-1]:
-        notes.append("- local_roc_auc / local_cmap: macro ROC-AUC over the classes with a "
-                     "positive (BirdCLEF 2024/2025) and padded cmAP (2023) of the same segments")
-    if facts.get("no_test"):
-        notes.append(f"- no test scores: {facts['no_test']}; the pictures show held-out (OOF) "
-                     "recordings, each drawn by the fold model that validated it")
-    notes += [f"- weaker than the best run on CV: {line}" for line in facts.get("weaker", [])]
-    rule = facts.get("event_rule")
-    if rule:
-        notes.append(f"- events: frame threshold {rule['threshold']:.2f}, min duration "
-                     f"{rule['min_seconds']:.3f} s ({'chosen on ' + str(rule['recordings']) + ' OOF recordings, event F1 %.3f' % rule['oof_f1'] if rule['chosen'] == 'oof' else rule['chosen']})")
-    if "test_prevalence_baseline" in facts:
-        notes.append(f"- test prevalence baseline LWLRAP: {facts['test_prevalence_baseline']:.4f}")
-    if facts.get("filled"):
-        notes.append(f"- {len(facts['filled'])} sample ids had no prediction and got column "
-                     f"means: {facts['filled'][:10]}")
-    return "# Ensemble report\n\n" + "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
-
-
 # ----------------------------------------------------------------------------- main
 def check_cfg(cfg: CFG) -> None:
     if cfg.blend not in blend.BLENDS:
@@ -424,14 +337,7 @@ def check_cfg(cfg: CFG) -> None:
     if cfg.prior_scaling != "none" and (cfg.calibrate == "false" or cfg.blend == "rank"):
         raise ConfigError(f"prior_scaling={cfg.prior_scaling!r} needs calibrated probabilities: "
                           "use --calibrate=auto|true and blend align or oof, or --prior_scaling=none")
-    if cfg.frequency_term not in ("auto", "none"):
-        try:
-            ok = float(cfg.frequency_term) >= 0
-        except ValueError:
-            ok = False
-        if not ok:
-            raise ConfigError(f"frequency_term={cfg.frequency_term!r}: use auto, none or a "
-                              "weight >= 0 (e.g. 1)")
+    prior_term.check_setting(cfg.frequency_term)
     if cfg.runtime not in RUNTIMES or cfg.test_audio_hours < 0:
         raise ConfigError(f"runtime={cfg.runtime!r}: choose one of {', '.join(RUNTIMES)}; "
                           "test_audio_hours must be >= 0 (0: this run's test recordings)")
@@ -440,19 +346,17 @@ def check_cfg(cfg: CFG) -> None:
                           "and oof_steps be >= 1")
 
 
-def blend_test(cfg: CFG, infos: list, fitted: dict, classes: list, score=metrics.lwlrap) -> dict:
+def blend_test(cfg: CFG, infos: list, fitted: dict, classes: list) -> dict:
     """Blended test scores without (`plain`) and with (`scaled`) the correction for class
-    frequencies (the frequency term, or else the EM test prior), blended probabilities, and
-    the facts (the term's OOF choice; the estimated prior next to the training prior)."""
+    frequencies (the frequency term fit_blend chose, or else the EM test prior), blended
+    probabilities, and the facts (the estimated prior next to the training prior)."""
     weights = fitted["weights"]
     plain = blend.blend(cfg.blend, [i["test"] for i in infos], weights,
                         calibrated=fitted["calibrated"])
     out = {"plain": plain, "scaled": plain, "prior_applied": None, "prior_note": "off",
            "probs": blend.weighted_mean([metrics.sigmoid(i["test"]) for i in infos], weights)}
-    term = frequency_term(cfg, fitted, score)
-    out["term"] = term
-    if term["weight"]:
-        out["scaled"] = prior_term.apply(plain, fitted["oof_truth"], term["weight"])
+    if fitted["term"]["weight"]:
+        out["scaled"] = prior_term.apply(plain, fitted["oof_truth"], fitted["term"]["weight"])
         out["prior_applied"] = True
         out["prior_note"] = "not applied: the frequency term is on"
         return out
@@ -477,31 +381,6 @@ def blend_test(cfg: CFG, infos: list, fitted: dict, classes: list, score=metrics
     return out
 
 
-def frequency_term(cfg: CFG, fitted: dict, score=metrics.lwlrap) -> dict:
-    """The frequency term's weight (common/prior_term.py): chosen on the OOF blend (auto),
-    0 (none) or as set; with its OOF LWLRAP (`score(truth, scores)` of per-class arrays, per
-    species), which becomes the blend's CV when it is on."""
-    truth, groups = fitted["oof_truth"], fitted["oof_groups"]
-    if cfg.frequency_term == "none" or not len(truth):
-        return {"weight": 0.0, "note": "off"}
-    weights = prior_term.WEIGHTS if cfg.frequency_term == "auto" else (0.0, float(cfg.frequency_term))
-    term = prior_term.choose(fitted["blended"], truth, groups, weights, score)
-    if cfg.frequency_term != "auto":
-        term["weight"] = float(cfg.frequency_term)
-    cv = term["cv_by_weight"]
-    if not cv:
-        return {**term, "note": term.get("note", "")}
-    term["note"] = (f"weight {term['weight']:g}{' chosen on OOF' if cfg.frequency_term == 'auto' else ''}: "
-                    f"OOF LWLRAP {cv[0.0]:.4f} without, {cv.get(term['weight'], cv[0.0]):.4f} with; "
-                    f"class shares alone {term['cv_rates_only']:.4f}; by weight "
-                    + ", ".join(f"{w:g} {v:.4f}" for w, v in cv.items()))
-    print(f"frequency term: {term['note']}", flush=True)
-    if term["weight"]:
-        fitted["cv_without_term"] = fitted["cv_lwlrap"]
-        fitted["cv_lwlrap"] = cv[term["weight"]]
-    return term
-
-
 def load_inputs(cfg: CFG) -> tuple:
     """(run infos, the first run's Prepared, {tag: Prepared}); every run must share the
     classes and test recordings."""
@@ -519,7 +398,7 @@ def write_outputs(cfg: CFG, run_dir: Path, prep, infos: list, fitted: dict, trac
                   grid: dict) -> tuple:
     """Submission, detections, pictures, report; returns (report rows, facts, files)."""
     ids = prep.ids("test")
-    out = blend_test(cfg, infos, fitted, prep.classes, prep.species.lwlrap)
+    out = blend_test(cfg, infos, fitted, prep.classes)
     final = out["scaled"]
     if "priors" in out:
         runs.save_csv(run_dir / "priors.csv", out["priors"])
@@ -535,8 +414,7 @@ def write_outputs(cfg: CFG, run_dir: Path, prep, infos: list, fitted: dict, trac
     runs.save_csv(run_dir / "submission.csv", sub)
     found = prep.test_truth(cfg.input_dir)
     rows = report_rows(cfg, infos, fitted, found, ids, out, species.to_species)
-    facts = {**blend_facts(infos, fitted), "filled": filled, "prior_note": out["prior_note"],
-             "frequency_term": out["term"]}
+    facts = {**blend_facts(infos, fitted), "filled": filled, "prior_note": out["prior_note"]}
     if found is not None:
         facts["test_prevalence_baseline"] = metrics.prevalence_baseline(found[1])
     files = ["submission.csv", "report.md", "report.json"] + \
@@ -555,19 +433,6 @@ def write_outputs(cfg: CFG, run_dir: Path, prep, infos: list, fitted: dict, trac
                             event_threshold=grid["event_rule"]["threshold"])
     save_report(cfg, run_dir, infos, fitted, rows, facts, per_class)
     return rows, facts, files
-
-
-def blend_facts(infos: list, fitted: dict) -> dict:
-    """What the report says of the OOF blend: common recordings, calibration, weaker runs."""
-    cal_cv, sim = fitted.get("cv_calibrated", float("nan")), fitted.get("shift_simulation") or {}
-    return {"n_common": fitted["n_common"],
-            "calibration_note": f"{'used' if fitted['calibrated'] else 'not used'}: blend CV "
-                                f"{cal_cv:.4f} calibrated vs {fitted['cv_uncalibrated']:.4f} raw; "
-                                f"on skewed OOF resamples raw {sim.get('raw', float('nan')):.4f}, "
-                                f"calibrated {sim.get('none', float('nan')):.4f}, with the EM "
-                                f"prior {sim.get('em', float('nan')):.4f}",
-            "weaker": weaker_runs(infos, fitted["weights"], fitted["calibrated"]),
-            "shift_simulation": fitted.get("shift_simulation")}
 
 
 def save_report(cfg: CFG, run_dir: Path, infos: list, fitted: dict, rows: list, facts: dict,
@@ -714,7 +579,7 @@ def main(cfg: CFG) -> dict:
                "submission": str(run_dir / "submission.csv"),
                "seconds": round(time.time() - tic, 1), "tag": run_dir.name,
                "calibrated": fitted["calibrated"], "prior": facts["prior_note"],
-               "frequency_term": {k: facts["frequency_term"][k] for k in ("weight", "note")},
+               "frequency_term": facts["frequency_term"],
                "weights": {i["name"]: float(w) for i, w in zip(infos, fitted["weights"])},
                "weaker_runs": facts["weaker"], "infer_speed": speed}
     if facts.get("event_f1"):

@@ -53,6 +53,39 @@ def choose(oof_scores: np.ndarray, truth: np.ndarray, groups: np.ndarray,
             "cv_rates_only": score(truth, term + ties)}
 
 
+def check_setting(value) -> None:
+    """`frequency_term` is auto, none or a weight >= 0."""
+    from common.cli import ConfigError
+    if str(value) in ("auto", "none"):
+        return
+    try:
+        ok = float(value) >= 0
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ConfigError(f"frequency_term={value!r}: use auto, none or a weight >= 0 (e.g. 1)")
+
+
+def for_blend(setting, oof_scores: np.ndarray, truth: np.ndarray, groups: np.ndarray,
+              score=metrics.lwlrap) -> dict:
+    """The term of a blend: {"weight", "note", "cv"}: weight chosen on its OOF scores
+    (`setting` auto), 0 (none, or no OOF truth) or as set; `cv` its OOF `score` with the
+    term (None when the weight is 0), and a one-line note of the figures behind it."""
+    setting = str(setting)
+    if setting == "none" or not len(truth):
+        return {"weight": 0.0, "note": "off", "cv": None}
+    fixed = setting != "auto"
+    got = choose(oof_scores, truth, groups, (0.0, float(setting)) if fixed else WEIGHTS, score)
+    cv = got["cv_by_weight"]
+    if not cv:
+        return {"weight": 0.0, "note": got["note"], "cv": None}
+    weight = float(setting) if fixed else got["weight"]
+    note = (f"weight {weight:g}{'' if fixed else ' chosen on OOF'}: OOF LWLRAP {cv[0.0]:.4f} "
+            f"without, {cv[weight]:.4f} with; class shares alone {got['cv_rates_only']:.4f}; "
+            "by weight " + ", ".join(f"{w:g} {v:.4f}" for w, v in cv.items()))
+    return {"weight": weight, "note": note, "cv": cv[weight] if weight else None}
+
+
 def apply(scores: np.ndarray, truth: np.ndarray, weight: float) -> np.ndarray:
     """scores + weight x log rates counted on every row of `truth` (the train recordings)."""
     scores = np.asarray(scores, dtype=np.float64)
