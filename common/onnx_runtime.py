@@ -204,6 +204,11 @@ def onnx_path(checkpoint: Path, cache_dir: str | Path | None = None) -> Path:
 def load_onnx(checkpoint, cache_dir=None) -> OnnxSED:
     """The checkpoint's model in onnxruntime: exported and checked unless an export of it
     (not older than the checkpoint) for its crop length is cached (module docstring)."""
+    return onnx_and_torch(checkpoint, cache_dir)[0]
+
+
+def onnx_and_torch(checkpoint, cache_dir=None) -> tuple:
+    """(the checkpoint's OnnxSED, its torch SEDModel on the CPU), loading the checkpoint once."""
     checkpoint = Path(checkpoint)
     model, ckpt = load_checkpoint(checkpoint, "cpu")
     mcfg = ckpt["model_cfg"]
@@ -212,19 +217,18 @@ def load_onnx(checkpoint, cache_dir=None) -> OnnxSED:
     if path.is_file() and path.stat().st_mtime >= checkpoint.stat().st_mtime:
         onnx_model = OnnxSED(path, model.model_cfg, window)
         if onnx_model.session.get_modelmeta().custom_metadata_map.get("window") == str(window):
-            return onnx_model
+            return onnx_model, model
     onnx_model, data = exported(model, window, what=str(checkpoint))
     atomic_write(path, lambda f: f.write(data), mode="wb")
-    return onnx_model
+    return onnx_model, model
 
 
 def load_openvino(checkpoint, cache_dir=None) -> OpenVinoSED:
-    """The checkpoint's checked ONNX export (load_onnx) compiled by OpenVINO, checked against
-    the torch model again (OpenVINO fuses and reorders the graph's arithmetic)."""
-    onnx_model = load_onnx(checkpoint, cache_dir)
-    path = onnx_path(Path(checkpoint), cache_dir)
-    model, _ = load_checkpoint(checkpoint, "cpu")
-    compiled = OpenVinoSED(path, onnx_model.model_cfg, onnx_model.window)
+    """The checkpoint's checked ONNX export compiled by OpenVINO, checked against the torch
+    model again (OpenVINO fuses and reorders the graph's arithmetic)."""
+    onnx_model, model = onnx_and_torch(checkpoint, cache_dir)
+    compiled = OpenVinoSED(onnx_path(Path(checkpoint), cache_dir), onnx_model.model_cfg,
+                           onnx_model.window)
     check(compiled, model, str(checkpoint))
     return compiled
 
