@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from common import auto_frontend, dist, paths, runs, stage
+from common import auto_frontend, bands, dist, paths, runs, stage
 from common.cli import cfg_dict, run
 from common.data import CropDataset, cap_per_class, clip_anchors, split_fold
 from common.losses import frame_loss, get_loss
@@ -56,6 +56,9 @@ class CFG:
     fmax: float = 15000.0          # Hz
     image_size: str = "224x400"    # resize the mel image to MELSxFRAMES; "" = no resize
     freq_coord: bool = False       # extra input channel: mel-bin index 0..1 (2nd place RFCx)
+    band_head: bool = False        # per-class frequency band head: each class pools the encoder's
+                                   # frequency rows by its band (the fold's training TP boxes,
+                                   # common/bands.py) instead of their mean; off = the recipe
     spec_masks: int = 0            # SpecAugment: time and frequency masks per example (0 = off)
     noise_white: float = 0.0       # probability of adding white noise to a training wave
     noise_pink: float = 0.0        # ... pink noise (-3 dB/octave)
@@ -114,6 +117,8 @@ def make_fold(cfg: CFG, prep, fold: int, mcfg: dict, device):
         rows = clip_anchors(rows, cfg.crop_seconds, cfg.clip_chunks)
     rows = rows.loc[rows.index.repeat(crops_per_row(cfg, len(rows), fold))]
     stage.seed_everything(cfg.seed + fold)
+    trained_on = set(rows["recording_id"])
+    mcfg = bands.for_fold(mcfg, ann, prep.classes, trained_on, fold)  # band_head: this fold's
     model = to_device(build_model(mcfg, cfg.pretrained_path), device)
     n_frames = stage.frame_targets(cfg.w_frame, cfg.crop_seconds, prep, model)
     dataset = CropDataset(rows, ann[ann["label"] > 0], prep.cache, prep.classes, prep.sample_rate,
@@ -141,7 +146,7 @@ def make_fold(cfg: CFG, prep, fold: int, mcfg: dict, device):
             loss = loss + cfg.w_frame * frame_loss(out["frame_logit"].float(), frames)
         return loss
 
-    return model, make_loader, step, set(rows["recording_id"])
+    return model, make_loader, step, trained_on
 
 
 def main(cfg: CFG) -> dict:

@@ -35,12 +35,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from common import dist, paths, provenance, runs, soft_labels, stage
+from common import bands, dist, paths, provenance, runs, soft_labels, stage
 from common.cli import cfg_dict, run
 from common.data import CropDataset, split_fold
 from common.losses import frame_loss, masked_focal_loss
 from common.sampling import TwoStreamSampler
-from common.sed import load_checkpoint
+from common.sed import build_model, load_checkpoint, to_device
 
 # stage 2: no pseudo labels, no zero term, no mixup; positive weight 1 (the seed's focal
 # loss with alpha 1; the weight 2 belongs to stage 3)
@@ -82,6 +82,11 @@ class CFG:
     mixup: bool = True             # last-layer mixup on the encoder feature map
     mixup_alpha: float = 1.0       # lambda ~ Beta(alpha, alpha)
     mix_negative: bool = False     # also mix the negative term by lambda
+    # model
+    band_head: bool = False        # true: the fold models get the per-class frequency band head
+                                   # (02's band_head; bands from the fold's training TP boxes)
+                                   # even when the initial ones have none; an initial model with
+                                   # it keeps it (and its bands) either way
     # schedule
     epochs: int = 5
     min_epoch_steps: int = 0       # floor on batches per epoch (an epoch is #real TP rows //
@@ -144,7 +149,7 @@ def make_fold(cfg: CFG, prep, fold: int, init_dir, pseudo, voters_seen: dict, de
                 windows = pd.concat([windows, soft_labels.windows_of(soft)], ignore_index=True)
             tp_rows = tp_stream(tp_rows, windows, cfg.real_tp_share)
     rows = pd.concat([tp_rows, fp_rows], ignore_index=True)
-    model, _ = load_checkpoint(init_dir / f"fold{fold}.pth", device)
+    model = initial_model(cfg, init_dir / f"fold{fold}.pth", prep, train_ids, fold, device)
     n_frames = stage.frame_targets(cfg.w_frame, cfg.crop_seconds, prep, model)
     dataset = CropDataset(rows, ann, prep.cache, prep.classes, prep.sample_rate, cfg.crop_seconds,
                           prep.durations, seed=cfg.seed + fold, min_overlap=cfg.min_overlap,
@@ -185,6 +190,20 @@ def make_fold(cfg: CFG, prep, fold: int, init_dir, pseudo, voters_seen: dict, de
     init_seen = pd.read_csv(init_dir / "trained_on.csv", dtype={"recording_id": str})
     trained_on = set(rows["recording_id"]) | set(init_seen.loc[init_seen["fold"] == fold, "recording_id"])
     return model, make_loader, step, trained_on
+
+
+def initial_model(cfg: CFG, path, prep, train_ids, fold: int, device):
+    """The fold's initial checkpoint; with `band_head` on and an initial model without it,
+    rebuilt with the band head (bands from the TP boxes of the fold's training recordings)
+    and the checkpoint's weights, which the band head's parameters share."""
+    model, ckpt = load_checkpoint(path, device)
+    if not cfg.band_head or model.model_cfg["band_head"]:
+        return model
+    mcfg = bands.for_fold({**model.model_cfg, "band_head": True}, prep.annotations,
+                          prep.classes, train_ids, fold)
+    model = build_model(mcfg)
+    model.load_state_dict(ckpt["state_dict"])
+    return to_device(model, device)
 
 
 def tp_stream(tp_rows: pd.DataFrame, windows: pd.DataFrame, real_share: float) -> pd.DataFrame:

@@ -22,8 +22,8 @@ from common.sed import build_model, load_checkpoint, save_checkpoint
 from common.train import fit, save_history
 
 MODEL_FIELDS = ("backbone", "in_chans", "n_fft", "hop_length", "n_mels", "fmin", "fmax",
-                "dropout", "crop_seconds", "freq_coord", "spec_masks", "noise_white", "noise_pink",
-                "noise_brown", "noise_snr_min", "noise_snr_max")
+                "dropout", "crop_seconds", "freq_coord", "spec_masks", "band_head", "noise_white",
+                "noise_pink", "noise_brown", "noise_snr_min", "noise_snr_max")
 
 
 def frame_targets(w_frame: float, crop_seconds: float, prep, model) -> int:
