@@ -62,7 +62,7 @@ from common.cli import ConfigError, cfg_dict, run
 from common.ensemble_report import blend_facts, render_report, report_rows
 from common.infer import (InferenceClock, frame_count, predict_frames, resample_frames,
                           resolve_device, speed_line)
-from common.onnx_runtime import RUNTIMES, load_fold_model
+from common.onnx_runtime import check_runtime, load_fold_model, runtime_label
 from common.prepared import load_prepared
 
 PRIOR_MODES = ("auto", "em", "none")
@@ -101,8 +101,9 @@ class CFG:
     device: str = "auto"           # auto | cpu | cuda
     runtime: str = "torch"         # test inference by torch | onnx | openvino (each fold model
     #   exported once to fold{k}.onnx beside its checkpoint, checked against torch, run by
-    #   onnxruntime or compiled by OpenVINO on the CPU with torch's thread count;
-    #   common/onnx_runtime.py; openvino was the faster on the 2-core CPU VM: 1.13x eager)
+    #   onnxruntime or compiled by OpenVINO on the CPU with torch's thread count, in bf16
+    #   where the CPU has it natively (openvino:f32 | openvino:bf16 force one);
+    #   common/onnx_runtime.py; README "CPU-only test inference" has the measured speeds)
     test_audio_hours: float = 0.0  # hours of test audio to project the inference time for
     #                                (a hidden test set's); 0 = this run's test recordings
 
@@ -338,9 +339,9 @@ def check_cfg(cfg: CFG) -> None:
         raise ConfigError(f"prior_scaling={cfg.prior_scaling!r} needs calibrated probabilities: "
                           "use --calibrate=auto|true and blend align or oof, or --prior_scaling=none")
     prior_term.check_setting(cfg.frequency_term)
-    if cfg.runtime not in RUNTIMES or cfg.test_audio_hours < 0:
-        raise ConfigError(f"runtime={cfg.runtime!r}: choose one of {', '.join(RUNTIMES)}; "
-                          "test_audio_hours must be >= 0 (0: this run's test recordings)")
+    check_runtime(cfg.runtime)
+    if cfg.test_audio_hours < 0:
+        raise ConfigError("test_audio_hours must be >= 0 (0: this run's test recordings)")
     if not 0 <= cfg.event_threshold < 1 or cfg.oof_steps < 1:
         raise ConfigError("event_threshold must lie in [0, 1) (0: chosen on OOF recordings) "
                           "and oof_steps be >= 1")
@@ -493,7 +494,7 @@ def finish_with_segments(cfg: CFG, run_dir: Path, prep, preps: dict, infos: list
     """BirdCLEF test soundscapes: submission.csv with a row per 5 s segment
     (common/segment_submission.py); report, summary and pictures of held-out clips."""
     weights = np.asarray(fitted["weights"]) / np.sum(fitted["weights"])
-    clock = InferenceClock(cfg.runtime)
+    clock = InferenceClock(runtime_label(cfg.runtime))
     sub = segment_submission.write(run_dir, prep, preps, infos, weights, fitted["segment_f1"],
                                    cfg.input_dir, cfg.infer_batch, inference_device(cfg, device),
                                    cfg.runtime, clock)
@@ -565,7 +566,7 @@ def main(cfg: CFG) -> dict:
         return finish_without_test(cfg, run_dir, prep, preps, infos, fitted, inputs, tic, device)
     run_weights = np.asarray(fitted["weights"]) / np.sum(fitted["weights"])
     grid["event_rule"] = event_rule_of(cfg, infos, prep, preps, run_weights, hop, device)
-    clock, on = InferenceClock(cfg.runtime), inference_device(cfg, device)
+    clock, on = InferenceClock(runtime_label(cfg.runtime)), inference_device(cfg, device)
     for info, w in zip(infos, run_weights):
         info["test"] = infer_run(cfg, info, get_prep(cfg, preps, info["preprocess"]), ids,
                                  scored, grid, w, on, run_dir, clock)

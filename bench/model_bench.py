@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common import precision
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -110,9 +112,11 @@ def inference(cfg, stage1, model, cache_dir: Path, ids: list, sr: int, device,
     """The real test inference (windows at the profile's final stride, read from the cache,
     batched, moved, scored) next to the pure forward pass over as many windows of a batch
     already on the device; both as audio seconds of the recordings per second, at each
-    precision of `amps` (the mel front end stays float32 under autocast). On the CPU in
-    float32 also both through the same model exported to ONNX Runtime (05's --runtime=onnx):
-    infer_onnx_x, forward_onnx_x, in the same interleaved rounds."""
+    precision of `amps` (the mel front end stays float32 under autocast). On the CPU also both
+    through the same model exported to ONNX Runtime (05's --runtime=onnx: infer_onnx_x,
+    forward_onnx_x) and compiled by OpenVINO at the precision --runtime=openvino takes here
+    (infer_openvino_x, ...; bf16 where native, with float32 beside it as openvino_f32), in
+    the same interleaved rounds."""
     from common.audio import WaveCache
     from common.infer import predict_recordings, window_starts
     from common.stage import windows
@@ -145,13 +149,16 @@ def inference(cfg, stage1, model, cache_dir: Path, ids: list, sr: int, device,
         sfx = amp_suffix(amp, amps[0])
         measures[f"infer_x{sfx}"] = (audio_s, real(amp))
         measures[f"forward_x{sfx}"] = (audio_s, forward(amp))
-    if device.type == "cpu" and amps[0] == "none":  # onnxruntime and OpenVINO: CPU, float32
-        from common.onnx_runtime import OpenVinoSED, check, exported
+    if device.type == "cpu" and amps[0] == "none":  # onnxruntime and OpenVINO on the CPU
+        from common.onnx_runtime import exported, openvino_model, openvino_precision
 
         onnx_model, data = exported(model, window)  # checked against torch on the way
-        compiled = OpenVinoSED(data, onnx_model.model_cfg, window)
-        check(compiled, model, "bench model")
-        for name, runner in (("onnx", onnx_model), ("openvino", compiled)):
+        runners = [("onnx", onnx_model)]
+        chosen = openvino_precision("openvino")  # what --runtime=openvino takes here
+        for prec in dict.fromkeys([chosen, "f32"]):  # float32 beside it when bf16 is chosen
+            runners.append(("openvino" if prec == chosen else f"openvino_{prec}",
+                            openvino_model(model, window, prec, data, "bench model")))
+        for name, runner in runners:
             measures[f"infer_{name}_x"] = (audio_s, lambda runner=runner: predict_recordings(
                 runner, cache, ids, window, stride, stage1.infer_batch, device))
             measures[f"forward_{name}_x"] = (audio_s, forward("none", runner))
@@ -182,25 +189,12 @@ def profile_epoch(model, loader, step, optimizer, device, amp: str, path: Path) 
                              for e in top}, "table": str(path)}
 
 
-def native_bf16(device) -> bool:
-    """Whether `device` computes bf16 natively: a GPU, or a CPU whose flags show AVX512-BF16
-    or AMX (elsewhere torch emulates bf16 on the CPU: 16x slower than fp32 for the demo's
-    training step on an AVX2-only EPYC, measured 2026-11-29)."""
-    if str(device).startswith("cuda"):
-        return True
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def precisions(cfg, device="cpu") -> list:
     """[--amp, --compare_amp] (the comparison dropped when off or the same; `auto`: bf16
     where the device has it natively, else none)."""
     other = getattr(cfg, "compare_amp", "")
     if other == "auto":
-        other = "bf16" if native_bf16(device) else "none"
+        other = "bf16" if precision.native_bf16(device) else "none"
     return [cfg.amp] + ([other] if other and other != cfg.amp else [])
 
 

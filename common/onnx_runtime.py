@@ -5,16 +5,20 @@ run folder is read-only, e.g. an attached Kaggle dataset) and exported again whe
 checkpoint is newer or another window length is asked for. The graph takes float32 waves
 (B, window) with a dynamic batch axis; the window (the training crop) is fixed. Every
 export is checked against the torch model on seeded noise at batch sizes 1 and 3 before
-it is written: an output that differs by more than RTOL x its largest magnitude + ATOL
-stops with the backbone named. `OnnxSED` is called like `SEDModel` and returns the same
-dict (clip_logit, clip_prob (B, K), frame_logit, frame_prob (B, T, K), torch tensors on
-the CPU), so common.infer's window loops run either. The mel front end exports through
+it is written: an output that differs by more than TOLERANCE (float32: 1e-3 x its largest
+magnitude + 1e-4) stops with the backbone named. `OnnxSED` is called like `SEDModel` and
+returns the same dict (clip_logit, clip_prob (B, K), frame_logit, frame_prob (B, T, K), torch
+tensors on the CPU), so common.infer's window loops run either. The mel front end exports through
 ONNX's STFT op (common/features.py); a backbone with an op the exporter lacks (the kit's
 wavenet: adaptive pooling to a length the exporter cannot see) is named in the error,
 which suggests `--runtime=torch`. `--runtime=openvino` compiles the same checked ONNX file
-with OpenVINO's CPU plugin (float32, the torch thread count) and checks its outputs against
-torch in the same way at every load: in `make bench` on the idle 2-core AMD EPYC VM
-(AVX-512) it ran the demo model's forward at 1.13x torch eager, onnxruntime at 0.89x.
+with OpenVINO's CPU plugin (the torch thread count) and checks its outputs against torch in
+the same way at every load. Its precision follows the CPU (common/precision.py): bf16 where
+the CPU computes it natively (AVX512-BF16 or AMX), float32 elsewhere; `openvino:f32` or
+`openvino:bf16` forces one. A bf16 graph is held to the looser TOLERANCE["bf16"] (bf16 keeps
+8 bits of mantissa: about 2-3 significant digits per operation). In `make bench` on the idle
+2-core AMD EPYC VM (AVX-512 with AVX512-BF16) float32 OpenVINO ran the demo model's forward
+at 1.13x torch eager and onnxruntime at 0.89x (README, "CPU-only test inference").
 """
 from __future__ import annotations
 
@@ -28,14 +32,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common import precision
 from common.cli import ConfigError
 from common.runs import atomic_write
 from common.sed import load_checkpoint
 
-RUNTIMES = ("torch", "onnx", "openvino")
+RUNTIMES = ("torch", "onnx", "openvino", "openvino:f32", "openvino:bf16")
 OUTPUTS = ("clip_logit", "clip_prob", "frame_logit", "frame_prob")
 OPSET = 17        # the first opset with STFT
-RTOL, ATOL = 1e-3, 1e-4
+# (RTOL, ATOL) of the check against torch by the graph's precision: an output may differ by
+# RTOL x its largest magnitude + ATOL
+TOLERANCE = {"f32": (1e-3, 1e-4), "bf16": (5e-2, 1e-3)}
 CHECK_BATCHES = (1, 3)  # neither is the export's batch (2): the batch axis must be dynamic
 # messages of the exporter that say nothing about this model: the TorchScript exporter's
 # deprecation (it needs no onnxscript), stft's real pairs, Slice constant folding
@@ -53,6 +60,7 @@ class OnnxSED:
 
     training = False
     runtime = "onnxruntime"
+    precision = "f32"
 
     def __init__(self, source: str | Path | bytes, model_cfg: dict, window: int,
                  threads: int = 0):
@@ -78,27 +86,42 @@ class OnnxSED:
 
 
 class OpenVinoSED(OnnxSED):
-    """The exported graph compiled by OpenVINO for the CPU, called as OnnxSED is."""
+    """The exported graph compiled by OpenVINO for the CPU, called as OnnxSED is. With
+    `front` (the torch model's mel front end) the graph is the model after its front end
+    (export_body_bytes): the waves become images in torch, float32, and only the backbone
+    and head run in OpenVINO. The bf16 path takes this split: OpenVINO's CPU plugin computes
+    a whole graph in bf16, STFT and log included, and the log-mel image in bf16 moved the
+    demo model's frame probabilities by up to 0.10 where torch's bf16 autocast (front end in
+    float32) moves them by 0.01; split, OpenVINO stays within 0.02 of torch's float32
+    outputs (a trained demo fold model, 2026-12-06)."""
 
     runtime = "openvino"
 
     def __init__(self, source: str | Path | bytes, model_cfg: dict, window: int,
-                 threads: int = 0):
+                 threads: int = 0, precision: str = "f32", front=None):
         import openvino as ov
 
+        if precision not in TOLERANCE:
+            raise ConfigError(f"OpenVINO precision {precision!r}: choose f32 or bf16")
         core = ov.Core()
         graph = core.read_model(model=source if isinstance(source, bytes) else str(source))
         self.threads = threads or torch.get_num_threads()
+        self.precision = precision
+        self.runtime = f"openvino {precision}"
         self.compiled = core.compile_model(graph, "CPU", {
-            "INFERENCE_NUM_THREADS": self.threads, "INFERENCE_PRECISION_HINT": "f32"})
+            "INFERENCE_NUM_THREADS": self.threads, "INFERENCE_PRECISION_HINT": precision})
         self.names = [self.compiled.output(k).get_any_name() for k in range(len(OUTPUTS))]
-        self.model_cfg, self.window = model_cfg, window
+        self.model_cfg, self.window, self.front = model_cfg, window, front
 
     def __call__(self, wave: torch.Tensor) -> dict:
         if wave.shape[-1] != self.window:
             raise ValueError(f"the OpenVINO model takes windows of {self.window} samples, got "
                              f"{wave.shape[-1]}")
-        got = self.compiled(wave.detach().cpu().float().numpy())
+        wave = wave.detach().cpu().float()
+        if self.front is not None:
+            with torch.inference_mode():
+                wave = self.front.eval()(wave)
+        got = self.compiled(wave.numpy())
         by_name = {name: got[self.compiled.output(k)] for k, name in enumerate(self.names)}
         return {k: torch.from_numpy(np.asarray(by_name[k]).copy()) for k in OUTPUTS}
 
@@ -134,9 +157,10 @@ def export_bytes(model, window: int) -> bytes:
 
 
 def check(onnx_model: OnnxSED, model, what: str) -> float:
-    """Raise OnnxExportError unless onnxruntime's outputs equal the torch model's within
-    RTOL x max|torch| + ATOL on seeded noise, at each batch size of CHECK_BATCHES; returns
-    the largest difference."""
+    """Raise OnnxExportError unless the runtime's outputs equal the torch model's (float32)
+    within RTOL x max|torch| + ATOL (TOLERANCE of the runtime's precision) on seeded noise,
+    at each batch size of CHECK_BATCHES; returns the largest difference."""
+    rtol, atol = TOLERANCE[onnx_model.precision]
     gen = torch.Generator().manual_seed(0)
     worst = 0.0
     for batch in CHECK_BATCHES:
@@ -150,13 +174,59 @@ def check(onnx_model: OnnxSED, model, what: str) -> float:
                 raise OnnxExportError(f"{what}: ONNX {key} has shape {tuple(got[key].shape)}, "
                                       f"torch {want.shape} at batch {batch}; use --runtime=torch")
             diff = float(np.abs(got[key].numpy() - want).max())
-            bound = RTOL * float(np.abs(want).max()) + ATOL
+            bound = rtol * float(np.abs(want).max()) + atol
             if not diff <= bound:
                 raise OnnxExportError(f"{what}: {onnx_model.runtime}'s {key} differs from torch's by "
                                       f"{diff:.3g} (tolerance {bound:.3g}) at batch {batch}; "
                                       "use --runtime=torch")
             worst = max(worst, diff)
     return worst
+
+
+class _Body(torch.nn.Module):
+    """An SEDModel after its mel front end: (B, C, mels, frames) images -> OUTPUTS."""
+
+    def __init__(self, model, window: int):
+        super().__init__()
+        self.model, self.n_frames = model, model.frames(window)
+
+    def forward(self, image: torch.Tensor) -> tuple:
+        out = self.model.outputs(self.model.backbone.forward_features(image), self.n_frames)
+        return tuple(out[k] for k in OUTPUTS)
+
+
+def export_body_bytes(model, window: int) -> bytes:
+    """The ONNX graph of `model` after its front end, for the images of (B, window) waves."""
+    model = model.cpu().eval()
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad(), quiet_stdout():
+        for message in QUIET:
+            warnings.filterwarnings("ignore", message=message)
+        image = model.front(torch.zeros(2, window))
+        torch.onnx.export(_Body(model, window), (image,), buffer, input_names=["image"],
+                          output_names=list(OUTPUTS), dynamic_axes={"image": {0: "batch"}},
+                          opset_version=OPSET, dynamo=False)
+    return buffer.getvalue()
+
+
+def openvino_model(model, window: int, precision: str, graph=None, what: str = "") -> OpenVinoSED:
+    """`model` (an SEDModel) compiled by OpenVINO at `precision` and checked against it: f32
+    compiles `graph` (the whole model's checked ONNX export: bytes or a file); bf16 exports
+    the model after its front end and keeps the front end in torch (OpenVinoSED)."""
+    what = what or f"backbone {model.model_cfg['backbone']}"
+    split = precision == "bf16" and not getattr(model.backbone, "takes_wave", False)
+    if split:
+        try:
+            graph = export_body_bytes(model, window)
+        except Exception as err:  # the exporter's errors have no common base class
+            raise OnnxExportError(f"{what}: backbone {model.model_cfg['backbone']} cannot be "
+                                  f"exported to ONNX ({reason(err)}); use --runtime=torch") from None
+    elif graph is None:
+        graph = exported(model, window, what)[1]
+    compiled = OpenVinoSED(graph, model.model_cfg, window, precision=precision,
+                           front=model.front if split else None)
+    check(compiled, model, what)
+    return compiled
 
 
 def exported(model, window: int, what: str = "") -> tuple[OnnxSED, bytes]:
@@ -223,25 +293,49 @@ def onnx_and_torch(checkpoint, cache_dir=None) -> tuple:
     return onnx_model, model
 
 
-def load_openvino(checkpoint, cache_dir=None) -> OpenVinoSED:
-    """The checkpoint's checked ONNX export compiled by OpenVINO, checked against the torch
-    model again (OpenVINO fuses and reorders the graph's arithmetic)."""
+def openvino_precision(runtime: str) -> str:
+    """f32 or bf16 for `openvino[:f32|:bf16]`: bf16 where the CPU computes it natively."""
+    forced = runtime.partition(":")[2]
+    if forced:
+        return forced
+    return "bf16" if precision.native_bf16("cpu") else "f32"
+
+
+def load_openvino(checkpoint, cache_dir=None, runtime: str = "openvino") -> OpenVinoSED:
+    """The checkpoint's checked ONNX export compiled by OpenVINO at the runtime's precision,
+    checked against the torch model again (OpenVINO fuses and reorders the arithmetic)."""
+    precision = openvino_precision(runtime)
+    if precision == "bf16":  # the model after its front end, exported at each load (~1 s)
+        model, ckpt = load_checkpoint(checkpoint, "cpu")
+        mcfg = ckpt["model_cfg"]
+        window = int(round(mcfg["crop_seconds"] * mcfg["sample_rate"]))
+        return openvino_model(model, window, precision, what=str(checkpoint))
     onnx_model, model = onnx_and_torch(checkpoint, cache_dir)
-    compiled = OpenVinoSED(onnx_path(Path(checkpoint), cache_dir), onnx_model.model_cfg,
-                           onnx_model.window)
-    check(compiled, model, str(checkpoint))
-    return compiled
+    return openvino_model(model, onnx_model.window, precision,
+                          onnx_path(Path(checkpoint), cache_dir), str(checkpoint))
+
+
+def runtime_label(runtime: str) -> str:
+    """The runtime as reports name it: `openvino bf16` / `openvino f32` for openvino."""
+    return f"openvino {openvino_precision(runtime)}" if runtime.startswith("openvino") else runtime
+
+
+def check_runtime(runtime: str) -> None:
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"runtime={runtime!r}: choose one of {', '.join(RUNTIMES)} (openvino "
+                          "takes bf16 where the CPU has it natively, float32 elsewhere)")
 
 
 def load_fold_model(checkpoint, device, runtime: str = "torch", cache_dir=None):
     """A fold model for test inference: the torch SEDModel on `device`, or (runtime onnx,
-    openvino) its ONNX export in onnxruntime or OpenVINO on the CPU. All are called alike
-    (common.infer)."""
+    openvino[:f32|:bf16]) its ONNX export in onnxruntime or OpenVINO on the CPU. All are
+    called alike (common.infer)."""
     if runtime == "torch":
         return load_checkpoint(checkpoint, device)[0]
-    if runtime not in RUNTIMES:
-        raise ConfigError(f"runtime={runtime!r}: choose one of {', '.join(RUNTIMES)}")
+    check_runtime(runtime)
     if torch.device(device).type != "cpu":
         raise ConfigError(f"runtime={runtime} runs on the CPU, not {device}: use "
                           "--device=cpu, or --runtime=torch")
-    return load_onnx(checkpoint, cache_dir) if runtime == "onnx" else load_openvino(checkpoint, cache_dir)
+    if runtime == "onnx":
+        return load_onnx(checkpoint, cache_dir)
+    return load_openvino(checkpoint, cache_dir, runtime)

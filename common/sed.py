@@ -175,9 +175,14 @@ class SEDModel(nn.Module):
             perm, lam = mix
             lam = torch.as_tensor(lam, dtype=feats.dtype, device=feats.device).reshape(-1, 1, 1, 1)
             feats = lam * feats + (1 - lam) * feats[perm]
+        return self.outputs(feats, self.frames(wave.shape[-1]))
+
+    def outputs(self, feats: torch.Tensor, n_frames: int) -> dict:
+        """Encoder feature map (B, C, F', T') -> the output dict, frame outputs upsampled to
+        `n_frames` (the part after the front end and backbone, shared with the OpenVINO
+        bf16 graph of common/onnx_runtime.py)."""
         out = self.head(feats if self.model_cfg["band_head"] else feats.mean(dim=2))
-        frame_logit = F.interpolate(out["frame_logit"].transpose(1, 2),
-                                    size=self.frames(wave.shape[-1]),
+        frame_logit = F.interpolate(out["frame_logit"].transpose(1, 2), size=n_frames,
                                     mode="linear", align_corners=False).transpose(1, 2)
         out["frame_logit"] = frame_logit
         out["frame_prob"] = torch.sigmoid(frame_logit)

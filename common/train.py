@@ -17,13 +17,14 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from common import dist
+from common import dist, precision
 from common.infer import to_model_input
 from common.runs import save_csv, save_torch
 
 
 def autocast(device: torch.device, amp: str):
-    """Mixed precision context: amp in {'none', 'bf16', 'fp16'} (fp16 only on CUDA)."""
+    """Mixed precision context: amp in {'none', 'bf16', 'fp16', 'auto'} (common/precision.py)."""
+    amp = precision.resolve_amp(amp, device)
     if amp == "none":
         return nullcontext()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
@@ -92,6 +93,9 @@ def fit(model, make_loader, step, validate, *, epochs: int, lr: float, t_max: in
     completed epoch, so a killed run ends as an uninterrupted one would (make_loader must be
     a pure function of the epoch, as the kit's samplers and crop datasets are).
     """
+    if dist.is_main():
+        print(precision.describe(amp, device), flush=True)
+    amp = precision.resolve_amp(amp, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t_max)
     scaler = torch.amp.GradScaler("cuda") if amp == "fp16" and device.type == "cuda" else None

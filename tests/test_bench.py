@@ -98,10 +98,10 @@ def test_compare_amp_auto_takes_bf16_only_where_the_device_has_it(monkeypatch):
 
     from bench import model_bench
     cfg = SimpleNamespace(amp="none", compare_amp="auto")
-    assert model_bench.precisions(cfg, "cuda") == ["none", "bf16"]
-    monkeypatch.setattr(model_bench, "native_bf16", lambda device: False)
+    from common import precision
+    monkeypatch.setattr(precision, "native_bf16", lambda device: False)
     assert model_bench.precisions(cfg, "cpu") == ["none"]
-    monkeypatch.setattr(model_bench, "native_bf16", lambda device: True)
+    monkeypatch.setattr(precision, "native_bf16", lambda device: True)
     assert model_bench.precisions(cfg, "cpu") == ["none", "bf16"]
     assert model_bench.precisions(SimpleNamespace(amp="none", compare_amp="none")) == ["none"]
     assert model_bench.precisions(SimpleNamespace(amp="none", compare_amp="bf16")) == ["none", "bf16"]

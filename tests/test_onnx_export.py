@@ -1,7 +1,8 @@
 """Issue 19, CPU-only inference: fold models exported to ONNX (common/onnx_runtime.py) give
 torch's outputs at any batch size, the export is cached beside the checkpoint and redone
 when the checkpoint is newer, a backbone that cannot be exported is named, and 05's
-`--runtime=onnx` (and `openvino`, the same graph compiled by OpenVINO) scores the test recordings (RFCx layout) and the BirdCLEF segments as
+`--runtime=onnx` (and `openvino`, the same graph compiled by OpenVINO, bf16 where the CPU
+has it natively) scores the test recordings (RFCx layout) and the BirdCLEF segments as
 `--runtime=torch` does, with the inference speed in summary.json."""
 from __future__ import annotations
 
@@ -97,7 +98,7 @@ def test_05_runtime_onnx_scores_the_test_set_as_torch_does(tmp_path, scripts):
     work, data = fake_work_dir(tmp_path)
     ens = scripts("05_ensemble")
     outs = {}
-    for runtime in ("torch", "onnx", "openvino"):
+    for runtime in ("torch", "onnx", "openvino:f32"):
         cfg = ens.CFG(input_dir=str(data), work_dir=str(work), tag=runtime, n_pictures=0,
                       prior_scaling="none", calibrate="false", event_threshold=0.3,
                       infer_batch=4, runtime=runtime, test_audio_hours=2.0)
@@ -106,7 +107,8 @@ def test_05_runtime_onnx_scores_the_test_set_as_torch_does(tmp_path, scripts):
         outs[runtime] = (pd.read_csv(run_dir / "test_stage1_r0.csv"),
                          pd.read_csv(run_dir / "detections.csv"), summary)
         speed = json.loads((work / "summary.json").read_text())["ensemble"]["infer_speed"]
-        assert speed == summary["infer_speed"] and speed["runtime"] == runtime
+        assert speed == summary["infer_speed"]
+        assert speed["runtime"] == runtime.replace(":", " ")  # openvino:f32 -> 'openvino f32'
         assert speed["fold_models"] == 2 and speed["test_audio_hours"] == 2.0
         assert speed["cpu_s_per_audio_hour"] > 0 and speed["wall_s_per_audio_hour"] > 0
         assert speed["projected_s"] == pytest.approx(2 * speed["wall_s_per_audio_hour"]
@@ -118,7 +120,7 @@ def test_05_runtime_onnx_scores_the_test_set_as_torch_does(tmp_path, scripts):
     assert len(onnx_det) == len(torch_det)
     assert (work / "stage1" / "r0" / "fold1.onnx").is_file()
     # OpenVINO compiles the same graph (fusing its arithmetic): equal within the export check
-    np.testing.assert_allclose(outs["openvino"][0].iloc[:, 1:].to_numpy(),
+    np.testing.assert_allclose(outs["openvino:f32"][0].iloc[:, 1:].to_numpy(),
                                torch_scores.iloc[:, 1:].to_numpy(), rtol=1e-3, atol=1e-4)
 
 
@@ -130,8 +132,34 @@ def test_openvino_gives_torch_outputs_and_its_check_catches_wrong_weights():
     assert onnx_runtime.check(compiled, model, "same") < 1e-3
     got = compiled(torch.zeros(2, 8000))
     assert got["frame_prob"].shape == (2, 8000 // 128 + 1, 3)
-    with pytest.raises(OnnxExportError, match="openvino's .* differs from torch's"):
+    with pytest.raises(OnnxExportError, match="openvino f32's .* differs from torch's"):
         onnx_runtime.check(compiled, other, "other weights")
+
+
+def test_openvino_takes_bf16_only_where_the_cpu_has_it_and_checks_it_at_its_tolerance(monkeypatch):
+    from common import precision
+    monkeypatch.setattr(precision, "native_bf16", lambda device: False)
+    assert onnx_runtime.openvino_precision("openvino") == "f32"
+    assert onnx_runtime.runtime_label("openvino") == "openvino f32"
+    monkeypatch.setattr(precision, "native_bf16", lambda device: True)
+    assert onnx_runtime.openvino_precision("openvino") == "bf16"
+    assert onnx_runtime.openvino_precision("openvino:f32") == "f32"  # forced
+    assert onnx_runtime.runtime_label("onnx") == "onnx"
+    with pytest.raises(onnx_runtime.ConfigError, match="openvino:bf16"):
+        onnx_runtime.check_runtime("openvino:f16")
+    torch.manual_seed(0)
+    model, other = build_model(TINY).eval(), build_model(TINY).eval()
+    # bf16: the model after its front end in OpenVINO, the front end in torch (float32)
+    compiled = onnx_runtime.openvino_model(model, 8000, "bf16", what="bf16")  # checked
+    assert compiled.runtime == "openvino bf16" and compiled.front is not None
+    assert onnx_runtime.check(compiled, model, "bf16") <= 0.05 + 1e-3
+    got = compiled(0.1 * torch.randn(2, 8000))
+    assert got["frame_prob"].shape == (2, 8000 // 128 + 1, 3) and got["clip_logit"].shape == (2, 3)
+    data = onnx_runtime.export_bytes(model, 8000)
+    with pytest.raises(OnnxExportError, match="openvino bf16's .* differs from torch's"):
+        onnx_runtime.check(compiled, other, "other weights")  # the looser bound still catches it
+    with pytest.raises(onnx_runtime.ConfigError, match="choose f32 or bf16"):
+        onnx_runtime.OpenVinoSED(data, model.model_cfg, 8000, precision="f16")
 
 
 def test_segment_submission_runtime_onnx_matches_torch(tmp_path, scripts):
