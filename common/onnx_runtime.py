@@ -43,6 +43,7 @@ OPSET = 17        # the first opset with STFT
 # (RTOL, ATOL) of the check against torch by the graph's precision: an output may differ by
 # RTOL x its largest magnitude + ATOL
 TOLERANCE = {"f32": (1e-3, 1e-4), "bf16": (5e-2, 1e-3)}
+BF16_FACTOR = 4.0  # a bf16 graph may also differ by this many times torch's bf16 autocast
 CHECK_BATCHES = (1, 3)  # neither is the export's batch (2): the batch axis must be dynamic
 # messages of the exporter that say nothing about this model: the TorchScript exporter's
 # deprecation (it needs no onnxscript), stft's real pairs, Slice constant folding
@@ -159,7 +160,10 @@ def export_bytes(model, window: int) -> bytes:
 def check(onnx_model: OnnxSED, model, what: str) -> float:
     """Raise OnnxExportError unless the runtime's outputs equal the torch model's (float32)
     within RTOL x max|torch| + ATOL (TOLERANCE of the runtime's precision) on seeded noise,
-    at each batch size of CHECK_BATCHES; returns the largest difference."""
+    at each batch size of CHECK_BATCHES; returns the largest difference. A bf16 runtime may
+    also differ by up to BF16_FACTOR x what torch's own bf16 autocast differs by on the same
+    input: how far bf16 moves an output depends on the weights (0.01 to 0.08 in frame
+    probability on the kit's demo models), and torch's bf16 is the kit's measure of it."""
     rtol, atol = TOLERANCE[onnx_model.precision]
     gen = torch.Generator().manual_seed(0)
     worst = 0.0
@@ -167,6 +171,9 @@ def check(onnx_model: OnnxSED, model, what: str) -> float:
         wave = 0.1 * torch.randn(batch, onnx_model.window, generator=gen)
         with torch.inference_mode():
             ref = model.eval()(wave)
+            if onnx_model.precision == "bf16":
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    own = model(wave)
         got = onnx_model(wave)
         for key in OUTPUTS:
             want = ref[key].float().numpy()
@@ -175,6 +182,8 @@ def check(onnx_model: OnnxSED, model, what: str) -> float:
                                       f"torch {want.shape} at batch {batch}; use --runtime=torch")
             diff = float(np.abs(got[key].numpy() - want).max())
             bound = rtol * float(np.abs(want).max()) + atol
+            if onnx_model.precision == "bf16":
+                bound = max(bound, BF16_FACTOR * float(np.abs(own[key].float().numpy() - want).max()))
             if not diff <= bound:
                 raise OnnxExportError(f"{what}: {onnx_model.runtime}'s {key} differs from torch's by "
                                       f"{diff:.3g} (tolerance {bound:.3g}) at batch {batch}; "
