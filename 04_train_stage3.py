@@ -101,7 +101,7 @@ class CFG:
     infer_batch: int = 64
     num_workers: int = -1          # DataLoader processes; -1 = auto (0 on CPU, up to 4 on a GPU)
     device: str = "auto"
-    amp: str = "none"
+    amp: str = "none"              # none | bf16 | fp16 | auto (bf16 where native; common/precision.py)
     seed: int = 42
 
     @property
