@@ -147,12 +147,18 @@ def quiet_stdout():
 def export_bytes(model, window: int) -> bytes:
     """The ONNX graph of `model` (an SEDModel on the CPU) for (B, window) waves."""
     model = model.cpu().eval()
+    return _export(model, lambda: torch.zeros(2, window), "wave")
+
+
+def _export(module, example, input_name: str) -> bytes:
+    """torch.onnx.export of `module` on the tensor `example()` (made inside the no-grad,
+    quiet context) with a dynamic batch axis, the kit's opset and OUTPUTS as output names."""
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad(), quiet_stdout():
         for message in QUIET:
             warnings.filterwarnings("ignore", message=message)
-        torch.onnx.export(model, (torch.zeros(2, window),), buffer, input_names=["wave"],
-                          output_names=list(OUTPUTS), dynamic_axes={"wave": {0: "batch"}},
+        torch.onnx.export(module, (example(),), buffer, input_names=[input_name],
+                          output_names=list(OUTPUTS), dynamic_axes={input_name: {0: "batch"}},
                           opset_version=OPSET, dynamo=False)
     return buffer.getvalue()
 
@@ -207,15 +213,7 @@ class _Body(torch.nn.Module):
 def export_body_bytes(model, window: int) -> bytes:
     """The ONNX graph of `model` after its front end, for the images of (B, window) waves."""
     model = model.cpu().eval()
-    buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad(), quiet_stdout():
-        for message in QUIET:
-            warnings.filterwarnings("ignore", message=message)
-        image = model.front(torch.zeros(2, window))
-        torch.onnx.export(_Body(model, window), (image,), buffer, input_names=["image"],
-                          output_names=list(OUTPUTS), dynamic_axes={"image": {0: "batch"}},
-                          opset_version=OPSET, dynamo=False)
-    return buffer.getvalue()
+    return _export(_Body(model, window), lambda: model.front(torch.zeros(2, window)), "image")
 
 
 def openvino_model(model, window: int, precision: str, graph=None, what: str = "") -> OpenVinoSED:
