@@ -395,7 +395,7 @@ def test_event_rule_is_chosen_on_oof_recordings(tmp_path, scripts):
     ens.main(cfg)
     run_dir = work / "ensemble" / "e1"
     grid = pd.read_csv(run_dir / "event_rule_oof.csv")
-    assert len(grid) == 9 * 4 and grid["oof_f1"].between(0, 1).all()
+    assert len(grid) == 10 * 4 and grid["oof_f1"].between(0, 1).all()  # 0.1 .. 0.9, 0.95
     rule = json.loads((work / "summary.json").read_text())["ensemble"]["event_rule"]
     best = grid.sort_values(["oof_f1", "threshold"], ascending=False, kind="stable").iloc[0]
     assert rule["chosen"] == "oof" and rule["recordings"] == 6
