@@ -513,6 +513,7 @@ def finish_with_segments(cfg: CFG, run_dir: Path, prep, preps: dict, infos: list
                         {"submission": str(run_dir / "submission.csv"),
                          "submission_kind": sub["kind"], "threshold": sub["threshold"],
                          "infer_speed": speed, **sub["test"]}, segment_submission.report_md(sub))
+    runs.drop_partials(run_dir)
     print(f"submission {run_dir / 'submission.csv'}\nreport     {run_dir / 'report.md'}",
           flush=True)
     return {"summary": summary, "rows": rows, "run_dir": run_dir}

@@ -34,6 +34,8 @@ from common.infer import InferenceClock
 from common.onnx_runtime import load_fold_model
 from common.segments import SegmentSet
 
+SEGMENT_SCORES = "segment_scores.pth"  # partial result: each fold model's test segment scores
+
 KINDS = ("birds", "probabilities")
 NOCALL = "nocall"
 
@@ -57,10 +59,18 @@ def load_segments(prep) -> pd.DataFrame:
 
 def predict(infos: list, weights, preps: dict, table: pd.DataFrame, batch: int,
             device, runtime: str = "torch", clock: InferenceClock | None = None,
-            onnx_dir=None) -> np.ndarray:
+            onnx_dir=None, partial=None) -> np.ndarray:
     """(N, K) blended probabilities of the segments of `table`, in its order; the fold
-    models run by `runtime` (common/onnx_runtime.py), each timed by `clock`."""
+    models run by `runtime` (common/onnx_runtime.py), each timed by `clock`. With `partial`
+    (a file path) each fold's probabilities are stored there as soon as they exist, and a
+    re-run of a killed 05 on the same segments keeps them instead of scoring them again."""
     per_run, clock = [], clock or InferenceClock(runtime)
+    segments = list(zip(table["recording_id"].astype(str), table["t_min"].astype(float)))
+    stored = runs.load_partial(partial, lambda got: got["segments"] == segments) \
+        if partial is not None else None
+    done = stored["probs"] if stored is not None else {}
+    if done:
+        print(f"  test segment scores kept from the killed run: {', '.join(done)}", flush=True)
     for info in infos:
         run_prep, mcfg = preps[info["preprocess"]], info["mcfg"]
         seg = SegmentSet(table, run_prep.annotations.iloc[:0], run_prep.classes,
@@ -68,12 +78,17 @@ def predict(infos: list, weights, preps: dict, table: pd.DataFrame, batch: int,
         audio_s = sum(run_prep.cache.length(r) for r in seg.ids) / run_prep.sample_rate
         folds = []
         for fold in info["folds"]:
-            with clock.loading():
-                model = load_fold_model(info["dir"] / f"fold{fold}.pth", device, runtime, onnx_dir)
-            with clock.scoring(audio_s):
-                folds.append(metrics.sigmoid(seg.logits(model, run_prep.cache, batch, device)))
-            print(f"  {info['name']} fold {fold}: {len(seg.table)} test segments scored",
-                  flush=True)
+            key = f"{info['name']} fold {fold}"
+            if key not in done:
+                with clock.loading():
+                    model = load_fold_model(info["dir"] / f"fold{fold}.pth", device, runtime,
+                                            onnx_dir)
+                with clock.scoring(audio_s):
+                    done[key] = metrics.sigmoid(seg.logits(model, run_prep.cache, batch, device))
+                if partial is not None:
+                    runs.save_partial(partial, {"segments": segments, "probs": done})
+                print(f"  {key}: {len(seg.table)} test segments scored", flush=True)
+            folds.append(done[key])
         per_run.append(np.mean(folds, axis=0))
     # SegmentSet orders by recording, then t_min: back to the table's order
     order = seg.table.reset_index().set_index(["recording_id", "t_min"])["index"]
@@ -181,7 +196,8 @@ def write(run_dir: Path, prep, preps: dict, infos: list, weights, segment_f1: di
           clock: InferenceClock | None = None) -> dict:
     """Predict, align, check and write submission.csv; returns the facts for the report."""
     kind, table = kind_of(prep), load_segments(prep)
-    probs = predict(infos, weights, preps, table, batch, device, runtime, clock, run_dir / "onnx")
+    probs = predict(infos, weights, preps, table, batch, device, runtime, clock, run_dir / "onnx",
+                    runs.partial_path(run_dir, SEGMENT_SCORES))
     threshold, chosen = threshold_of(segment_f1) if kind == "birds" else (None, "")
     path = Path(input_dir) / "sample_submission.csv"
     sample = pd.read_csv(path, dtype=str) if path.is_file() else None

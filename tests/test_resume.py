@@ -304,3 +304,48 @@ def test_killed_ensemble_resumes_to_the_submission_of_an_uninterrupted_run(tmp_p
     assert not (crashed / "partial").exists()
     assert_same_tables(done, crashed, ["submission.csv", "test_stage1_r0.csv",
                                        "test_stage1_r1.csv", "detections.csv"])
+
+
+class Killed(Exception):
+    """Stands for the kill of a Kaggle session's time limit."""
+
+
+def test_killed_segment_scoring_keeps_the_folds_it_scored(tmp_path, scripts, monkeypatch, capsys):
+    """05's BirdCLEF path (test soundscapes in 5 s segments) stores each fold model's segment
+    scores as soon as they exist; killed during the second fold, a re-run scores only the
+    folds it lacks and gives the uninterrupted run's probabilities. Scores stored for other
+    segments are never used."""
+    from common import segment_submission
+    from common.prepared import load_prepared
+
+    work, _ = fake_work_dir(tmp_path)
+    info = scripts("05_ensemble").load_run(work / "stage1" / "r0")
+    prep = load_prepared(work, "p0")
+    table = pd.DataFrame({"recording_id": ["te0", "te0", "te3"], "t_min": [0.0, 1.5, 0.5],
+                          "t_max": [1.0, 2.5, 1.5]})
+    args = ([info], [1.0], {"p0": prep}, table, 4, "cpu")
+    straight = segment_submission.predict(*args)
+    partial = tmp_path / "ensemble" / "e0" / "partial" / segment_submission.SEGMENT_SCORES
+    real, loaded, kill = segment_submission.load_fold_model, [], [True]
+
+    def load(path, *rest):
+        loaded.append(path.name)
+        if kill[0] and loaded == ["fold0.pth", "fold1.pth"]:
+            raise Killed("killed while loading fold 1")
+        return real(path, *rest)
+
+    monkeypatch.setattr(segment_submission, "load_fold_model", load)
+    with pytest.raises(Killed):
+        segment_submission.predict(*args, partial=partial)
+    assert partial.is_file()
+    capsys.readouterr()
+    loaded.clear()
+    kill[0] = False
+    again = segment_submission.predict(*args, partial=partial)
+    assert f"kept from the killed run: {info['name']} fold 0" in capsys.readouterr().out
+    assert loaded == ["fold1.pth"]  # fold 0 was not scored again
+    np.testing.assert_array_equal(again, straight)
+    loaded.clear()
+    other = table.iloc[:2]  # other segments: the stored scores do not fit
+    segment_submission.predict([info], [1.0], {"p0": prep}, other, 4, "cpu", partial=partial)
+    assert loaded == ["fold0.pth", "fold1.pth"]
