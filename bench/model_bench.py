@@ -80,15 +80,15 @@ def training(cfg, stage1, prep, mcfg, device, amps: list) -> tuple[dict, object]
     model, make_loader, step, _ = s1.make_fold(stage1, prep, 0, mcfg, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=stage1.lr)
     sizes, first = [], None
-    for wave, labels in make_loader(0):  # warm-up pass; its shapes make the random batches
-        sizes.append(len(wave))
-        first = first or (wave.shape[1:], wave.dtype, labels)
+    for wave, *targets in make_loader(0):  # warm-up pass; its shapes make the random batches
+        sizes.append(len(wave))  # targets: the labels (and the frame targets with w_frame)
+        first = first or (wave.shape[1:], wave.dtype, targets)
     samples = sum(sizes)
-    shape, dtype, labels = first
+    shape, dtype, targets = first
     # the pure model step: random batches already on the device (a few, reused)
     pool = [(0.1 * torch.randn((sizes[0], *shape), device=device)).to(dtype) for _ in range(4)]
-    labels = labels.to(device)
-    fake = [(pool[i % 4][:n], labels[:n]) for i, n in enumerate(sizes)]
+    targets = [t.to(device) for t in targets]
+    fake = [(pool[i % 4][:n], *(t[:n] for t in targets)) for i, n in enumerate(sizes)]
 
     def run(loader, amp):
         return lambda: train_epoch(model, loader() if callable(loader) else loader, step,
