@@ -185,13 +185,20 @@ def fit_blend(cfg: CFG, infos: list, prep) -> dict:
         out["shift_simulation"] = sim
         if cfg.calibrate == "true" or sim.get("best", "raw") != "raw":
             out.update(cal, calibrated=True, train_prior=metrics.sigmoid(cal["blended"]).mean(axis=0))
-    if not out["calibrated"]:
-        for info in infos:
-            info.pop("calibrator", None)
     # the frequency term, for test recordings scored per recording (clip labels submit 5 s
     # segments, which never take it); when on, its OOF LWLRAP is the blend's CV
     setting = "none" if prep.clips else cfg.frequency_term
     out["term"] = prior_term.for_blend(setting, out["blended"], truth, groups, species.lwlrap)
+    if out["term"]["weight"] and out["calibrated"] and cfg.calibrate == "auto":
+        # calibration was taken for the EM prior, which the term replaces: it stays only if
+        # the calibrated blend with its term beats the raw blend (with the raw blend's term)
+        raw_term = prior_term.for_blend(setting, plain["blended"], truth, groups, species.lwlrap)
+        if (raw_term["cv"] or plain["cv_lwlrap"]) >= out["term"]["cv"]:
+            out.update(plain, calibrated=False, term=raw_term)
+            out.pop("train_prior", None)
+    if not out["calibrated"]:
+        for info in infos:
+            info.pop("calibrator", None)
     if out["term"]["weight"]:
         out["cv_without_term"], out["cv_lwlrap"] = out["cv_lwlrap"], out["term"]["cv"]
     if out["term"]["note"] != "off":

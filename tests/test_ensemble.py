@@ -324,6 +324,36 @@ def test_ensemble_end_to_end(tmp_path, scripts):
     assert out["rows"][-1]["test_lwlrap"] == pytest.approx(summary["test_lwlrap_no_prior"])
 
 
+def test_calibration_taken_for_the_em_prior_goes_when_the_term_replaces_it(tmp_path, scripts,
+                                                                          monkeypatch):
+    """calibrate=auto turns calibration on when the skewed-OOF simulation prefers the EM
+    prior; when the frequency term then wins (and replaces EM), calibration must still beat
+    the raw blend on OOF, else the raw blend (with its own term choice) is used: a demo run
+    had kept calibration + term at OOF 0.8042 against 0.8065 for the raw blend."""
+    from common import calibration, prior_term
+    work, data = fake_work_dir(tmp_path)
+    ens = scripts("05_ensemble")
+    real_sim = calibration.simulate_shift
+    monkeypatch.setattr(calibration, "simulate_shift",
+                        lambda *a, **k: {**real_sim(*a, **k), "best": "em"})
+    calls = []
+
+    def term(setting, scores, *rest):  # the calibrated blend's term wins, but scores poorly
+        calls.append(scores)
+        if len(calls) == 1:
+            return {"weight": 1.0, "note": "weight 1", "cv": -1.0}
+        return {"weight": 0.0, "note": "off", "cv": None}
+
+    monkeypatch.setattr(prior_term, "for_blend", term)
+    cfg = ens.CFG(input_dir=str(data), work_dir=str(work), tag="c1", n_pictures=0,
+                  infer_batch=4)
+    infos, prep, _ = ens.load_inputs(cfg)
+    fitted = ens.fit_blend(cfg, infos, prep)
+    assert len(calls) == 2 and not fitted["calibrated"] and fitted["term"]["weight"] == 0
+    assert fitted["cv_lwlrap"] == pytest.approx(fitted["cv_uncalibrated"])
+    assert "train_prior" not in fitted and all("calibrator" not in i for i in infos)
+
+
 def test_frequency_term_is_added_to_the_submission_and_named(tmp_path, scripts):
     """frequency_term=1: the submission is the blend plus log(add-one share of OOF recordings
     with a TP row) per class; the EM prior is then not applied, the report and summary say so,
