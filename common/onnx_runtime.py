@@ -284,12 +284,17 @@ def load_onnx(checkpoint, cache_dir=None) -> OnnxSED:
     return onnx_and_torch(checkpoint, cache_dir)[0]
 
 
+def cpu_model(checkpoint) -> tuple:
+    """(the checkpoint's SEDModel on the CPU, its window: the training crop in samples)."""
+    model, ckpt = load_checkpoint(checkpoint, "cpu")
+    mcfg = ckpt["model_cfg"]
+    return model, int(round(mcfg["crop_seconds"] * mcfg["sample_rate"]))
+
+
 def onnx_and_torch(checkpoint, cache_dir=None) -> tuple:
     """(the checkpoint's OnnxSED, its torch SEDModel on the CPU), loading the checkpoint once."""
     checkpoint = Path(checkpoint)
-    model, ckpt = load_checkpoint(checkpoint, "cpu")
-    mcfg = ckpt["model_cfg"]
-    window = int(round(mcfg["crop_seconds"] * mcfg["sample_rate"]))
+    model, window = cpu_model(checkpoint)
     path = onnx_path(checkpoint, cache_dir)
     if path.is_file() and path.stat().st_mtime >= checkpoint.stat().st_mtime:
         onnx_model = OnnxSED(path, model.model_cfg, window)
@@ -313,10 +318,7 @@ def load_openvino(checkpoint, cache_dir=None, runtime: str = "openvino") -> Open
     checked against the torch model again (OpenVINO fuses and reorders the arithmetic)."""
     precision = openvino_precision(runtime)
     if precision == "bf16":  # the model after its front end, exported at each load (~1 s)
-        model, ckpt = load_checkpoint(checkpoint, "cpu")
-        mcfg = ckpt["model_cfg"]
-        window = int(round(mcfg["crop_seconds"] * mcfg["sample_rate"]))
-        return openvino_model(model, window, precision, what=str(checkpoint))
+        return openvino_model(*cpu_model(checkpoint), precision, what=str(checkpoint))
     onnx_model, model = onnx_and_torch(checkpoint, cache_dir)
     return openvino_model(model, onnx_model.window, precision,
                           onnx_path(Path(checkpoint), cache_dir), str(checkpoint))
